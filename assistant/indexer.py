@@ -1,0 +1,37 @@
+"""Build or update a domain's index from its packaged corpora or from any folder/file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from indexing.documents import read_corpus_jsonl, read_source
+from indexing.ingest import IngestReport, ingest_documents
+
+from .domains import Domain
+
+
+def index_domain(domain: Domain, store, embedder, source: str | Path | None = None, *, prune: bool | None = None,
+                 progress: bool = True, chunk_size: int | None = None, chunk_overlap: int | None = None) -> IngestReport:
+    """Without `source`: sync the domain's packaged corpora (documents no longer there are removed).
+    With `source`: add or update the documents found there, leaving the others in place (unless prune)."""
+    documents, errors = [], []
+    if source is None:
+        if not domain.data:
+            raise ValueError(f"domain {domain.name} lists no data; pass --source PATH")
+        for data in domain.data:
+            if not data.corpus.is_file():
+                raise FileNotFoundError(f"domain {domain.name}: corpus {data.corpus} is missing")
+            read = read_corpus_jsonl(data.corpus, source=data.name)
+            documents += read.documents
+            errors += read.errors
+        prune = True if prune is None else prune
+    else:
+        read = read_source(source)
+        documents, errors = read.documents, read.errors
+        prune = bool(prune)
+    r = domain.retrieval
+    return ingest_documents(
+        store, domain.name, documents, embedder, errors=errors, prune=prune, progress=progress,
+        chunk_size=chunk_size or int(r.get("chunk_size", 256)),
+        chunk_overlap=chunk_overlap if chunk_overlap is not None else int(r.get("chunk_overlap", 32)),
+        with_title=bool(r.get("embed_title", True)),
+    )

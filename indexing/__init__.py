@@ -1,0 +1,1 @@
+"""Ingestion, embeddings, BM25, the Qdrant store backends and hybrid retrieval."""

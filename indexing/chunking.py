@@ -1,0 +1,70 @@
+"""Chunking with llama-index's SentenceSplitter, and stable chunk ids.
+
+A chunk's id is a UUID derived from sha256(doc_id + chunk text): the same document always gives the
+same ids (re-ingesting changes nothing), an edited document gives new ids for its edited chunks (the
+old ones are deleted by the ingest diff).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+
+from .documents import SourceDocument
+from .store import point_id
+
+DEFAULT_CHUNK_SIZE = 256     # tokens; MiniLM reads at most 256 word pieces, so longer chunks would be truncated
+DEFAULT_CHUNK_OVERLAP = 32
+
+
+@dataclass
+class Chunk:
+    id: str
+    doc_id: str
+    index: int
+    text: str
+    document: SourceDocument
+    with_title: bool = True
+
+    @property
+    def embed_text(self) -> str:
+        """What gets embedded and BM25-indexed: a meaningful title gives short chunks their context."""
+        if self.with_title and self.document.title and self.document.title != self.doc_id:
+            return f"{self.document.title}\n{self.text}"
+        return self.text
+
+    def payload(self) -> dict:
+        d = self.document
+        payload = {"doc_id": d.doc_id, "title": d.title, "text": self.text, "chunk": self.index,
+                   "source": d.source, "doc_type": d.doc_type, "meta": d.meta}
+        if d.date:
+            payload["date"] = d.date
+        return payload
+
+
+def chunk_key(doc_id: str, text: str) -> str:
+    return hashlib.sha256(f"{doc_id}\x00{text}".encode()).hexdigest()
+
+
+@lru_cache(maxsize=8)
+def _splitter(chunk_size: int, chunk_overlap: int):
+    from llama_index.core.node_parser import SentenceSplitter
+    if chunk_size < 32:
+        raise ValueError(f"chunk_size {chunk_size} is too small (minimum 32 tokens)")
+    if not 0 <= chunk_overlap < chunk_size:
+        raise ValueError(f"chunk_overlap must be >= 0 and < chunk_size, got {chunk_overlap}")
+    return SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+
+
+def chunk_document(doc: SourceDocument, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                   chunk_overlap: int = DEFAULT_CHUNK_OVERLAP, with_title: bool = True) -> list[Chunk]:
+    pieces = [p for p in _splitter(chunk_size, chunk_overlap).split_text(doc.text) if p.strip()]
+    chunks, seen = [], set()
+    for i, text in enumerate(pieces):
+        cid = point_id(chunk_key(doc.doc_id, text))
+        if cid in seen:  # identical repeated passage inside one document: keep one
+            continue
+        seen.add(cid)
+        chunks.append(Chunk(id=cid, doc_id=doc.doc_id, index=i, text=text, document=doc,
+                            with_title=with_title))
+    return chunks

@@ -1,0 +1,68 @@
+"""Engine behaviour beyond parity: streaming, adapter registry, hot reload, clear errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from assistant.adapters import AdapterError
+from assistant.engine import GenerationRequest
+from helpers.lora import make_random_adapter
+
+pytestmark = pytest.mark.engine
+QUESTION = [{"role": "user", "content": "Give one tip for sleeping well."}]
+
+
+def test_stream_yields_deltas_then_the_same_text_as_batch(engine):
+    request = GenerationRequest(messages=QUESTION, adapter="alpha", max_tokens=20)
+    pieces = list(engine.stream(request))
+    final = pieces[-1]
+    deltas = pieces[:-1]
+    assert len(deltas) >= 2 and all(isinstance(d, str) for d in deltas)
+    assert "".join(deltas) == final.text
+    assert final.adapter.name == "alpha" and final.first_token_s <= final.total_s
+    assert final.token_ids == engine.generate([request])[0].token_ids
+
+
+def test_unknown_adapter_is_a_clear_error(engine):
+    with pytest.raises(AdapterError, match="no adapter named 'nope'.*alpha"):
+        engine.generate([GenerationRequest(messages=QUESTION, adapter="nope")])
+
+
+def test_prompt_longer_than_context_is_refused(engine):
+    long = [{"role": "user", "content": "word " * 5000}]
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        engine.generate([GenerationRequest(messages=long, max_tokens=8)])
+
+
+def test_unservable_adapters_are_refused(engine, prepared, tmp_path):
+    dora = make_random_adapter(prepared.base_model, tmp_path / "dora", seed=3, use_dora=True)
+    with pytest.raises(AdapterError, match="DoRA"):
+        engine.register_adapter("dora", dora)
+    big = make_random_adapter(prepared.base_model, tmp_path / "big", seed=3, rank=32)
+    with pytest.raises(AdapterError, match="rank 32 exceeds"):
+        engine.register_adapter("big", big)
+    with pytest.raises(AdapterError, match="no adapter_config.json"):
+        engine.register_adapter("empty", tmp_path)
+    broken = tmp_path / "broken"
+    shutil.copytree(dora, broken)
+    (broken / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        engine.register_adapter("broken", broken)
+
+
+def test_hot_reload_new_version_gets_new_id_and_new_output(engine, prepared, random_adapters, tmp_path):
+    request = GenerationRequest(messages=QUESTION, adapter="gamma", max_tokens=16)
+    v1 = engine.register_adapter("gamma", random_adapters["alpha"], version="v1")
+    out_v1 = engine.generate([request])[0]
+    v2_path = make_random_adapter(prepared.base_model, tmp_path / "gamma-v2", seed=7)
+    (v2_path / "manifest.json").write_text(json.dumps({"version": "v2"}))
+    v2 = engine.register_adapter("gamma", v2_path)
+    out_v2 = engine.generate([request])[0]
+    assert (v1.version, v2.version) == ("v1", "v2")
+    assert v1.lora_id != v2.lora_id and v2.served_name == "gamma@v2"
+    assert out_v2.adapter.version == "v2"
+    assert out_v1.token_ids != out_v2.token_ids
+    # Re-registering the same version keeps its id (no duplicate slots).
+    assert engine.register_adapter("gamma", v2_path).lora_id == v2.lora_id
