@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from indexing.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 from indexing.documents import read_corpus_jsonl, read_source
 from indexing.ingest import IngestReport, ingest_documents
 
@@ -31,7 +32,7 @@ def index_domain(domain: Domain, store, embedder, source: str | Path | None = No
     r = domain.retrieval
     return ingest_documents(
         store, domain.name, documents, embedder, errors=errors, prune=prune, progress=progress,
-        chunk_size=chunk_size or int(r.get("chunk_size", 256)),
-        chunk_overlap=chunk_overlap if chunk_overlap is not None else int(r.get("chunk_overlap", 32)),
+        chunk_size=chunk_size or int(r.get("chunk_size", DEFAULT_CHUNK_SIZE)),
+        chunk_overlap=chunk_overlap if chunk_overlap is not None else int(r.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP)),
         with_title=bool(r.get("embed_title", True)),
     )

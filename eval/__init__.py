@@ -1,0 +1,1 @@
+"""Evaluation: retrieval metrics, answer metrics, the base / +RAG / +LoRA / +RAG+LoRA comparison."""
