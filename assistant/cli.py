@@ -140,5 +140,155 @@ def retrieve(domain, question, k, mode, filters, as_json):
         click.echo("    " + p.text[:300].replace("\n", " "))
 
 
+def _answer_json(answer) -> dict:
+    """The `assistant ask --json` contract of DESIGN.md (plus flags, evidence and first-token time)."""
+    return {"domain": answer.domain, "answer": answer.text,
+            "citations": [{"n": c.n, "doc_id": c.doc_id, "title": c.title, "score": c.score, "text": c.text}
+                          for c in answer.citations],
+            "adapter": answer.adapter, "abstained": answer.abstained,
+            "timings": {"retrieve_ms": answer.timings.get("retrieve_ms", 0.0),
+                        "generate_ms": answer.timings.get("generate_ms", 0.0),
+                        "first_token_ms": answer.timings.get("first_token_ms")},
+            "flags": answer.flags, "evidence": answer.evidence}
+
+
+@main.command()
+@click.argument("domain")
+@click.argument("question")
+@click.option("--no-rag", is_flag=True, help="Answer without retrieval.")
+@click.option("--no-lora", is_flag=True, help="Answer with the base model, without the domain adapter.")
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Retrieve within matching documents.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+def ask(domain, question, no_rag, no_lora, filters, as_json):
+    """A grounded, cited answer from the domain's adapter and index."""
+    from indexing.store import StoreError
+
+    from .adapters import AdapterError
+    from .domains import DomainError
+    from .platform import Platform
+
+    settings = Settings.load()
+    try:
+        from .domains import get_domain
+        get_domain(domain, settings)  # fail fast, before the engine starts
+        Platform._check_question(question)
+        platform = Platform.load([domain], settings, progress=not as_json)
+    except (DomainError, StoreError, AdapterError, ValueError) as exc:
+        raise _fail(exc) from exc
+    try:
+        if as_json:
+            answer = platform.ask(domain, question, rag=not no_rag, lora=not no_lora, filter=_parse_filters(filters))
+            click.echo(json.dumps(_answer_json(answer), indent=2))
+            return
+        answer = None
+        for piece in platform.stream(domain, question, rag=not no_rag, lora=not no_lora,
+                                     filter=_parse_filters(filters)):
+            if isinstance(piece, str):
+                click.echo(piece, nl=False)
+            else:
+                answer = piece
+        click.echo()
+        for c in answer.citations:
+            click.echo(f"  [{c.n}] {c.title or c.doc_id} (doc {c.doc_id}, score {c.score:.3f})")
+        status = "abstained" if answer.abstained else ", ".join(answer.flags) or "ok"
+        click.echo(f"  -- {answer.adapter or 'base model'}; retrieve {answer.timings['retrieve_ms']:.0f} ms, "
+                   f"generate {answer.timings['generate_ms']:.0f} ms; {status}", err=True)
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    finally:
+        platform.close()
+
+
+@main.command()
+@click.argument("domain")
+@click.option("--rank", default=8, show_default=True, type=int, help="LoRA rank.")
+@click.option("--alpha", default=None, type=int, help="LoRA alpha (default 2 x rank).")
+@click.option("--rslora", is_flag=True, help="Rank-stabilised LoRA scaling.")
+@click.option("--epochs", default=2.0, show_default=True, type=float)
+@click.option("--max-steps", default=0, type=int, help="Stop after N steps (0 = by epochs).")
+@click.option("--lr", default=2e-4, show_default=True, type=float)
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--limit", default=0, type=int, help="Use the first N train questions (0 = all).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", type=click.Path(), default=None, help="Adapter directory (default: the domain's adapter/).")
+@click.option("--export-data", type=click.Path(), default=None, help="Only write the examples (JSONL) and stop.")
+@click.option("--data", "data_file", type=click.Path(exists=True), default=None, help="Train on exported examples.")
+def train(domain, rank, alpha, rslora, epochs, max_steps, lr, batch_size, limit, seed, out, export_data, data_file):
+    """Train the domain's LoRA adapter on its train split, in the run-time prompt format."""
+    from .domains import DomainError, get_domain
+    from .models import prepare_base_model
+    from .training import build_examples, train_adapter
+
+    settings = Settings.load()
+    try:
+        dom = get_domain(domain, settings)
+    except DomainError as exc:
+        raise _fail(exc) from exc
+    base_model, base_sha = prepare_base_model(settings, progress=lambda m: click.echo(m, err=True))
+    if data_file:
+        examples = [json.loads(line) for line in open(data_file, encoding="utf-8") if line.strip()]
+    else:
+        from indexing.retriever import Retriever
+        from transformers import AutoTokenizer
+
+        from .indexer import index_domain
+
+        store, embedder = _store_and_embedder(settings)
+        try:
+            if not store.has_collection(dom.name):
+                index_domain(dom, store, embedder)
+            tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+            examples = build_examples(dom, Retriever(store, embedder), tokenizer, limit=limit, seed=seed)
+        finally:
+            store.close()
+    if export_data:
+        with open(export_data, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in examples)
+        click.echo(f"{dom.name}: wrote {len(examples)} examples to {export_data}")
+        return
+    try:
+        manifest = train_adapter(examples, base_model, out or dom.adapter_path,
+                                 base_model_sha256=base_sha, domain=dom.name, rank=rank,
+                                 alpha=alpha, rslora=rslora, epochs=epochs, max_steps=max_steps, lr=lr,
+                                 batch_size=batch_size, seed=seed)
+    except ValueError as exc:
+        raise _fail(exc) from exc
+    click.echo(json.dumps({k: manifest[k] for k in ("domain", "version", "steps", "wall_time_s", "loss")}, indent=2))
+
+
+@main.command()
+@click.argument("domain")
+@click.option("--n", default=300, show_default=True, type=int, help="In-domain train questions to use.")
+def calibrate(domain, n):
+    """Calibrate the evidence gate (DOMAIN or all) on the train split; writes domain.toml."""
+    from .calibration import calibrate as run
+    from .domains import DomainError, get_domain, list_domains
+
+    settings = Settings.load()
+    names = list_domains(settings) if domain == "all" else [domain]
+    try:
+        domains = [get_domain(d, settings) for d in list_domains(settings)]
+        targets = [get_domain(d, settings) for d in names]
+    except DomainError as exc:
+        raise _fail(exc) from exc
+    store, embedder = _store_and_embedder(settings)
+    try:
+        for dom in targets:
+            click.echo(json.dumps(run(dom, [o for o in domains if o.name != dom.name], store, embedder, n=n)))
+    finally:
+        store.close()
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--domain", "domains", multiple=True, help="Serve only these domains (default: all).")
+def serve(host, port, domains):
+    """OpenAI-compatible HTTP API: /v1/chat/completions (model = domain), /v1/models, /health."""
+    from .server import serve as run_server
+
+    run_server(host, port, list(domains) or None)
+
+
 if __name__ == "__main__":
     sys.exit(main())

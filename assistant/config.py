@@ -22,6 +22,9 @@ for _var, _val in {
     "GRADIO_ANALYTICS_ENABLED": "False",
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
+    # vLLM logs to stdout by default, which would corrupt `--json` output and SSE streams.
+    "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+    "VLLM_LOGGING_LEVEL": "WARNING",
 }.items():
     os.environ.setdefault(_var, _val)
 
@@ -58,6 +61,10 @@ class Settings:
     # Store: empty = embedded Qdrant engine under data_dir; a URL = Qdrant server/cluster.
     qdrant_url: str = ""
     qdrant_api_key: str = ""
+    # HTTP API keys: JSON {"legal": ["key1"], "*": ["admin-key"]}; empty = no keys required.
+    api_keys: str = ""
+    max_question_chars: int = 4000
+    max_tokens_limit: int = 512
 
     @property
     def models_dir(self) -> Path:

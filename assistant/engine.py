@@ -54,11 +54,12 @@ def _cpu_platform() -> bool:
     return current_platform.is_cpu()
 
 
-class Engine:
-    """Owns one vLLM engine; registers adapters by name; generates batches and streams."""
+class LoopEngine:
+    """What every engine shares: a private asyncio loop thread, sync wrappers, chat rendering.
 
-    def __init__(self, model_path: str | Path, settings: Settings | None = None, *, dtype: str | None = None,
-                 seed: int = 0):
+    Subclasses implement `agenerate_stream`, `register_adapter` and `_close`."""
+
+    def __init__(self, model_path: str | Path, settings: Settings | None = None):
         self.settings = settings or Settings.load()
         self.model_path = str(model_path)
         self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank)
@@ -67,42 +68,8 @@ class Engine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="assistant-engine-loop", daemon=True)
         self._thread.start()
         self._closed = False
-        started = time.perf_counter()
-        try:
-            self._llm = self._run(self._create(dtype or self.settings.dtype, seed))
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.startup_s = time.perf_counter() - started
         from transformers import AutoTokenizer
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-
-    # ---- lifecycle -------------------------------------------------------------------------
-    async def _create(self, dtype: str, seed: int):
-        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        s = self.settings
-        on_cpu = _cpu_platform()
-        if on_cpu:
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
-        args = AsyncEngineArgs(
-            model=self.model_path,
-            dtype=dtype,
-            seed=seed,
-            max_model_len=s.max_model_len,
-            enable_lora=True,
-            max_loras=s.max_loras,
-            max_lora_rank=s.max_lora_rank,
-            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
-            max_num_seqs=s.max_num_seqs,
-            enforce_eager=s.enforce_eager,
-            enable_prefix_caching=True,
-            disable_log_stats=True,
-            **({} if on_cpu else {"gpu_memory_utilization": s.gpu_memory_utilization}),
-        )
-        return AsyncLLM.from_engine_args(args)
 
     def _run(self, coro, timeout: float | None = None):
         if threading.current_thread() is self._thread:
@@ -113,14 +80,16 @@ class Engine:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
 
+    def _close(self) -> None:
+        pass
+
     def shutdown(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
-            self._llm.shutdown()
+            self._close()
         finally:
-            self._llm = None  # collect now, not at interpreter exit when vLLM's modules are gone
             self._stop_loop()
 
     def __enter__(self):
@@ -129,19 +98,6 @@ class Engine:
     def __exit__(self, *exc):
         self.shutdown()
 
-    # ---- adapters --------------------------------------------------------------------------
-    def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
-        """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""
-        adapter = self.adapters.register(name, path, version)
-        self._run(self._llm.add_lora(self._lora_request(adapter)))
-        return adapter
-
-    @staticmethod
-    def _lora_request(adapter: Adapter):
-        from vllm.lora.request import LoRARequest
-        return LoRARequest(lora_name=adapter.served_name, lora_int_id=adapter.lora_id, lora_path=str(adapter.path))
-
-    # ---- generation ------------------------------------------------------------------------
     def render(self, request: GenerationRequest) -> list[int]:
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
@@ -152,45 +108,14 @@ class Engine:
             ids = ids["input_ids"]
         return list(ids)
 
-    def _sampling(self, request: GenerationRequest, delta: bool):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-        return SamplingParams(
-            max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
-            stop=request.stop or None, seed=request.seed,
-            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
-        )
+    def _check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
+        if len(prompt_ids) + max_tokens > self.settings.max_model_len:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_tokens {max_tokens} exceeds "
+                             f"the model context of {self.settings.max_model_len} tokens")
 
     async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
-        """Yields ("delta", text) pieces, then ("done", GenerationResult)."""
-        adapter = self.adapters.get(request.adapter) if request.adapter else None
-        prompt_ids = self.render(request)
-        if len(prompt_ids) + request.max_tokens > self.settings.max_model_len:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_tokens {request.max_tokens} exceeds "
-                             f"the model context of {self.settings.max_model_len} tokens")
-        started = time.perf_counter()
-        first = None
-        text_parts: list[str] = []
-        token_ids: list[int] = []
-        finish = None
-        async for out in self._llm.generate(
-            {"prompt_token_ids": prompt_ids}, self._sampling(request, delta=True),
-            request_id=f"req-{next(self._request_ids)}",
-            lora_request=self._lora_request(adapter) if adapter else None,
-        ):
-            completion = out.outputs[0]
-            if completion.token_ids and first is None:
-                first = time.perf_counter() - started
-            token_ids.extend(completion.token_ids)
-            if completion.text:
-                text_parts.append(completion.text)
-                yield "delta", completion.text
-            finish = completion.finish_reason or finish
-        total = time.perf_counter() - started
-        yield "done", GenerationResult(
-            text="".join(text_parts), token_ids=token_ids, adapter=adapter, prompt_tokens=len(prompt_ids),
-            finish_reason=finish, first_token_s=first if first is not None else total, total_s=total,
-        )
+        raise NotImplementedError
+        yield  # pragma: no cover
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         result = None
@@ -226,3 +151,102 @@ class Engine:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+
+class Engine(LoopEngine):
+    """Owns one in-process vLLM engine; registers adapters by name; generates batches and streams."""
+
+    def __init__(self, model_path: str | Path, settings: Settings | None = None, *, dtype: str | None = None,
+                 seed: int = 0):
+        super().__init__(model_path, settings)
+        started = time.perf_counter()
+        try:
+            self._llm = self._run(self._create(dtype or self.settings.dtype, seed))
+        except BaseException:
+            self._stop_loop()
+            raise
+        self.startup_s = time.perf_counter() - started
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    async def _create(self, dtype: str, seed: int):
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        s = self.settings
+        on_cpu = _cpu_platform()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
+        args = AsyncEngineArgs(
+            model=self.model_path,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=s.max_model_len,
+            enable_lora=True,
+            max_loras=s.max_loras,
+            max_lora_rank=s.max_lora_rank,
+            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
+            max_num_seqs=s.max_num_seqs,
+            enforce_eager=s.enforce_eager,
+            enable_prefix_caching=True,
+            disable_log_stats=True,
+            **({} if on_cpu else {"gpu_memory_utilization": s.gpu_memory_utilization}),
+        )
+        return AsyncLLM.from_engine_args(args)
+
+    def _close(self) -> None:
+        try:
+            self._llm.shutdown()
+        finally:
+            self._llm = None  # collect now, not at interpreter exit when vLLM's modules are gone
+
+    # ---- adapters --------------------------------------------------------------------------
+    def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
+        """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""
+        adapter = self.adapters.register(name, path, version)
+        self._run(self._llm.add_lora(self._lora_request(adapter)))
+        return adapter
+
+    @staticmethod
+    def _lora_request(adapter: Adapter):
+        from vllm.lora.request import LoRARequest
+        return LoRARequest(lora_name=adapter.served_name, lora_int_id=adapter.lora_id, lora_path=str(adapter.path))
+
+    # ---- generation ------------------------------------------------------------------------
+    def _sampling(self, request: GenerationRequest, delta: bool):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+        return SamplingParams(
+            max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
+            stop=request.stop or None, seed=request.seed,
+            output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
+        )
+
+    async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
+        """Yields ("delta", text) pieces, then ("done", GenerationResult)."""
+        adapter = self.adapters.get(request.adapter) if request.adapter else None
+        prompt_ids = self.render(request)
+        self._check_fits(prompt_ids, request.max_tokens)
+        started = time.perf_counter()
+        first = None
+        text_parts: list[str] = []
+        token_ids: list[int] = []
+        finish = None
+        async for out in self._llm.generate(
+            {"prompt_token_ids": prompt_ids}, self._sampling(request, delta=True),
+            request_id=f"req-{next(self._request_ids)}",
+            lora_request=self._lora_request(adapter) if adapter else None,
+        ):
+            completion = out.outputs[0]
+            if completion.token_ids and first is None:
+                first = time.perf_counter() - started
+            token_ids.extend(completion.token_ids)
+            if completion.text:
+                text_parts.append(completion.text)
+                yield "delta", completion.text
+            finish = completion.finish_reason or finish
+        total = time.perf_counter() - started
+        yield "done", GenerationResult(
+            text="".join(text_parts), token_ids=token_ids, adapter=adapter, prompt_tokens=len(prompt_ids),
+            finish_reason=finish, first_token_s=first if first is not None else total, total_s=total,
+        )

@@ -200,6 +200,9 @@ def _local_model(path: Path, what: str) -> tuple[Path, str]:
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     if not weights:
         raise ModelError(f"{what}: {path} has no *.safetensors or *.bin weights")
+    marker = _read_marker(path)
+    if marker and marker.get("source_sha256"):  # a checkpoint `assistant setup` converted (copied elsewhere)
+        return path, marker["source_sha256"]
     # Identify a local model by the hash of its config and the first weight shard (cheap, stable).
     digest = hashlib.sha256((path / "config.json").read_bytes())
     digest.update(sha256_file(weights[0]).encode())

@@ -1,0 +1,75 @@
+"""Evidence-gate calibration: pick each domain's threshold on the dense similarity of the closest chunk.
+
+In-domain: the domain's train-split questions (retrieved within their policy/product where the set is
+scoped). Out-of-domain: other domains' train questions and general questions (eval/data/out_of_domain.txt),
+searched over the whole index. The threshold maximises Youden's J (in-domain pass rate + out-of-domain
+reject rate - 1); it is written into the domain's domain.toml with the rates it reached.
+"""
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .domains import Domain
+
+OOD_FILE = Path(__file__).resolve().parents[1] / "eval" / "data" / "out_of_domain.txt"
+
+
+def general_questions() -> list[str]:
+    return [q.strip() for q in OOD_FILE.read_text().splitlines() if q.strip()]
+
+
+def evidence_scores(store, embedder, collection: str, questions: list[str], filters: list[dict | None]) -> np.ndarray:
+    vectors = embedder.embed(questions)
+    scores = []
+    for vec, flt in zip(vectors, filters):
+        hits = store.search(collection, dense=vec, sparse=None, k=1, filter=flt)
+        scores.append(hits[0].score if hits else 0.0)
+    return np.array(scores)
+
+
+def choose_threshold(in_domain: np.ndarray, out_domain: np.ndarray) -> tuple[float, float, float]:
+    """(threshold, in-domain pass rate, out-of-domain reject rate) maximising Youden's J."""
+    best = (0.0, 1.0, 0.0)
+    best_j = -1.0
+    for t in np.unique(np.concatenate([in_domain, out_domain])):
+        tpr = float((in_domain >= t).mean())
+        tnr = float((out_domain < t).mean())
+        if tpr + tnr - 1 > best_j:
+            best_j, best = tpr + tnr - 1, (float(t), tpr, tnr)
+    return best
+
+
+def calibrate(domain: Domain, others: list[Domain], store, embedder, *, n: int = 300, seed: int = 0) -> dict:
+    rng = random.Random(seed)
+    rows = domain.qa_rows("train")
+    rng.shuffle(rows)
+    rows = rows[:n]
+    in_scores = evidence_scores(store, embedder, domain.name, [r["question"] for r in rows],
+                                [domain.scope_filter(r) for r in rows])
+    ood = general_questions()
+    for other in others:
+        other_rows = other.qa_rows("train")
+        rng.shuffle(other_rows)
+        ood += [r["question"] for r in other_rows[: max(20, n // max(1, len(others)))]]
+    out_scores = evidence_scores(store, embedder, domain.name, ood, [None] * len(ood))
+    threshold, tpr, tnr = choose_threshold(in_scores, out_scores)
+    threshold = round(threshold - 1e-4, 4)  # keep the boundary question on the passing side
+    write_threshold(domain, threshold, tpr, tnr, len(in_scores), len(out_scores))
+    return {"domain": domain.name, "threshold": threshold, "in_domain_pass": round(tpr, 3),
+            "out_of_domain_reject": round(tnr, 3), "n_in": len(in_scores), "n_out": len(out_scores)}
+
+
+def write_threshold(domain: Domain, threshold: float, tpr: float, tnr: float, n_in: int, n_out: int) -> None:
+    path = domain.root / "domain.toml"
+    text = path.read_text(encoding="utf-8")
+    line = (f"evidence_threshold = {threshold}   # calibrated on train: passes {tpr:.1%} of {n_in} in-domain, "
+            f"rejects {tnr:.1%} of {n_out} out-of-domain questions")
+    new, count = re.subn(r"^evidence_threshold\s*=.*$", line, text, flags=re.MULTILINE)
+    if count != 1:
+        raise ValueError(f"{path}: expected one evidence_threshold line under [retrieval]")
+    path.write_text(new, encoding="utf-8")
+    domain.retrieval["evidence_threshold"] = threshold

@@ -1,0 +1,150 @@
+"""`assistant serve`: an OpenAI-compatible HTTP API over the Platform.
+
+FastAPI over our own Platform rather than vLLM's server, because every request needs what vLLM's server
+does not do: retrieval in the domain's index, the evidence gate, the grounded prompt and citation checks.
+vLLM stays underneath (in-process, or remote by URL). `model` is a domain name; citations come back in
+the response body (and in the last streamed chunk). Blocking SDK calls run in the thread pool, so
+concurrent requests reach vLLM together and are batched there.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+import uuid
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from .adapters import AdapterError
+from .domains import DomainError
+from .platform import Answer, Platform, QuestionError
+
+
+class Message(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = None
+    rag: bool = True
+    lora: bool = True
+    filter: dict | None = None
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+
+
+def _citations(answer: Answer) -> list[dict]:
+    return [{"n": c.n, "doc_id": c.doc_id, "title": c.title, "score": c.score, "text": c.text} for c in answer.citations]
+
+
+def _meta(answer: Answer) -> dict:
+    return {"adapter": answer.adapter, "adapter_version": answer.adapter_version, "abstained": answer.abstained,
+            "flags": answer.flags, "evidence": answer.evidence, "timings": answer.timings}
+
+
+def create_app(platform: Platform) -> FastAPI:
+    app = FastAPI(title="Domain assistant", version="0.1.0")
+    settings = platform.settings
+    keys: dict = json.loads(settings.api_keys) if settings.api_keys else {}
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
+        return _error(400, f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed JSON')}")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
+        return _error(exc.status_code, str(exc.detail), kind)
+
+    def authorize(domain: str, authorization: str | None):
+        if not keys:
+            return
+        allowed = set(keys.get(domain, [])) | set(keys.get("*", []))
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        if token not in allowed:
+            raise HTTPException(401, f"missing or invalid API key for domain {domain!r}")
+
+    def validate(req: ChatRequest) -> str:
+        if req.model not in platform.domains:
+            raise HTTPException(404, f"unknown model {req.model!r}: models are domain names "
+                                     f"({', '.join(sorted(platform.domains))})")
+        users = [m.content for m in req.messages if m.role == "user"]
+        if not users or not users[-1].strip():
+            raise HTTPException(400, "the last user message is empty")
+        if len(users[-1]) > settings.max_question_chars:
+            raise HTTPException(413, f"question is {len(users[-1])} characters; the limit is "
+                                     f"{settings.max_question_chars}")
+        if req.max_tokens is not None and not 1 <= req.max_tokens <= settings.max_tokens_limit:
+            raise HTTPException(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}")
+        return users[-1]
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "domains": sorted(platform.domains)}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [
+            {"id": d["domain"], "object": "model", "created": 0, "owned_by": "domain-assistant",
+             "description": d["description"], "adapter": d["adapter"], "adapter_version": d["adapter_version"]}
+            for d in platform.info()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest, authorization: str | None = Header(default=None)):
+        question = validate(req)
+        authorize(req.model, authorization)
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        kwargs = dict(rag=req.rag, lora=req.lora, filter=req.filter, max_tokens=req.max_tokens)
+        if not req.stream:
+            try:
+                answer = await run_in_threadpool(platform.ask, req.model, question, **kwargs)
+            except (QuestionError, DomainError, AdapterError, ValueError) as exc:
+                raise HTTPException(400, str(exc)) from exc
+            return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
+                                 "finish_reason": "stop"}],
+                    "citations": _citations(answer), "assistant": _meta(answer)}
+        try:
+            pieces = platform.stream(req.model, question, **kwargs)
+            first = await run_in_threadpool(next, pieces)  # surface input errors as 4xx before streaming
+        except (QuestionError, DomainError, AdapterError, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+        def events():
+            def chunk(delta: dict, finish=None, **extra):
+                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                return f"data: {json.dumps(body)}\n\n"
+            yield chunk({"role": "assistant"})
+            for piece in itertools.chain([first], pieces):
+                if isinstance(piece, str):
+                    yield chunk({"content": piece})
+                else:
+                    yield chunk({}, "stop", citations=_citations(piece), assistant=_meta(piece))
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None = None) -> None:
+    import uvicorn
+
+    platform = Platform.load(domains)
+    try:
+        uvicorn.run(create_app(platform), host=host, port=port, log_level="info")
+    finally:
+        platform.close()
