@@ -279,6 +279,60 @@ def calibrate(domain, n):
         store.close()
 
 
+@main.command("new-domain")
+@click.argument("name")
+@click.option("--corpus", required=True, type=click.Path(exists=True), help="A folder of files or a corpus JSONL.")
+@click.option("--qa", type=click.Path(exists=True), default=None, help="Q&A JSONL (question, answer[, split]).")
+@click.option("--synthetic", default=0, type=int, help="Without --qa: generate N synthetic train/dev Q&A with the model.")
+@click.option("--description", default="", help="One line shown in the app and /v1/models.")
+def new_domain(name, corpus, qa, synthetic, description):
+    """Scaffold a domain package from documents, index it, optionally synthesise training Q&A."""
+    from .indexer import index_domain
+    from .domains import load_domain
+    from .scaffold import ScaffoldError, create_domain, synthesize_qa
+
+    settings = Settings.load()
+    try:
+        root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description)
+    except (ScaffoldError, FileNotFoundError) as exc:
+        raise _fail(exc) from exc
+    store, embedder = _store_and_embedder(settings)
+    try:
+        report = index_domain(load_domain(root), store, embedder)
+    finally:
+        store.close()
+    click.echo(f"created {root} and indexed {report.documents} documents ({report.chunks} chunks)")
+    if synthetic and not qa:
+        from .engine import Engine
+        from .models import prepare_base_model
+
+        with Engine(prepare_base_model(settings)[0], settings) as engine:
+            rows = synthesize_qa(root, engine, n=synthetic)
+        click.echo(f"wrote {len(rows)} synthetic Q&A (train/dev) to {root / 'data' / 'qa.jsonl'}")
+    click.echo(f"next: assistant train {name} && assistant calibrate {name}")
+
+
+@main.command()
+@click.argument("domain")
+@click.option("--merged", "out", required=True, type=click.Path(), help="Output directory for the merged checkpoint.")
+@click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
+def export(domain, out, dtype):
+    """Write the base model with the domain adapter merged in (plain checkpoint, no LoRA at serve time)."""
+    from .adapters import AdapterError
+    from .domains import DomainError, get_domain
+    from .export import export_merged
+    from .models import prepare_base_model
+
+    settings = Settings.load()
+    try:
+        dom = get_domain(domain, settings)
+        base, sha = prepare_base_model(settings, progress=lambda m: click.echo(m, err=True))
+        path = export_merged(base, sha, dom.adapter_path, out, dtype)
+    except (DomainError, AdapterError, FileExistsError) as exc:
+        raise _fail(exc) from exc
+    click.echo(f"merged {dom.name} adapter into {path}")
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
 @click.option("--port", default=8000, show_default=True, type=int)

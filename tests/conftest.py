@@ -58,3 +58,14 @@ def small_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("corpus") / "corpus.jsonl"
     out.write_text("".join(src.read_text().splitlines(keepends=True)[:40]))
     return out
+
+
+@pytest.fixture(scope="session")
+def platform(engine, settings):
+    """The SDK over the shared engine: five domain adapters + the real indexes (built on first use)."""
+    from assistant.platform import Platform
+
+    p = Platform.load(settings=settings, engine=engine, progress=False)
+    yield p
+    p.close()
+

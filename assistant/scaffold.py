@@ -1,0 +1,143 @@
+"""`assistant new-domain`: a new domain package from a folder of files or a corpus JSONL, with optional
+synthetic training Q&A generated from the corpus by the model (split train/dev only: never test data)."""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+
+from indexing.chunking import chunk_document
+from indexing.documents import read_source
+
+from .engine import GenerationRequest
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
+SYSTEM = ("You are the {title} assistant. Answer only from the numbered passages you are given, briefly, and cite "
+          "the passage you used as [n].")
+ANSWER_TEMPLATE = "Passages:\n{passages}\n\nQuestion: {question}\n{options}Answer (cite passages as [n]):\n"
+QUESTION_PROMPT = ("Read the passage and write one question that it answers, then the short answer.\n\n"
+                   "Passage:\n{passage}\n\nReply exactly as:\nQuestion: <question>\nAnswer: <answer>")
+_QA = re.compile(r"Question:\s*(?P<q>.+?)\s*\n+\s*Answer:\s*(?P<a>.+)", re.DOTALL)
+
+
+class ScaffoldError(ValueError):
+    pass
+
+
+def create_domain(name: str, corpus: str | Path, domains_dir: Path, *, qa: str | Path | None = None,
+                  description: str = "") -> Path:
+    if not _NAME.match(name):
+        raise ScaffoldError(f"domain name {name!r}: use 2-40 lowercase letters, digits, '-' or '_', starting with a letter")
+    root = domains_dir / name
+    if root.exists():
+        raise ScaffoldError(f"domain {name!r} already exists at {root}")
+    report = read_source(corpus)
+    if not report.documents:
+        first = f"; first error: {report.errors[0]}" if report.errors else ""
+        raise ScaffoldError(f"no readable documents in {corpus}{first}")
+    qa_rows = _read_qa(Path(qa)) if qa else []
+    tmp = domains_dir / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "prompts").mkdir(parents=True)
+    (tmp / "data").mkdir()
+    title = name.replace("-", " ").replace("_", " ").title()
+    with open(tmp / "data" / "corpus.jsonl", "w", encoding="utf-8") as fh:
+        for d in report.documents:
+            fh.write(json.dumps({"doc_id": d.doc_id, "title": d.title, "text": d.text,
+                                 "meta": {**d.meta, "source": d.source, "doc_type": d.doc_type,
+                                          **({"date": d.date} if d.date else {})}}) + "\n")
+    if qa_rows:
+        with open(tmp / "data" / "qa.jsonl", "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in qa_rows)
+    (tmp / "prompts" / "system.md").write_text(SYSTEM.format(title=title) + "\n")
+    (tmp / "prompts" / "answer.md").write_text(ANSWER_TEMPLATE)
+    (tmp / "data" / "DATA.md").write_text(
+        f"# {name} data\n\n- `corpus.jsonl`: {len(report.documents)} documents read from `{corpus}` by "
+        f"`assistant new-domain`.\n- `qa.jsonl`: {'from ' + str(qa) if qa else 'none yet (see --synthetic)'}.\n"
+        f"- Source and license: those of the original files; record them here.\n")
+    (tmp / "domain.toml").write_text(f'''name = "{name}"
+title = "{title}"
+description = "{description or f'Answers questions from the {title} documents.'}"
+examples = []
+
+[model]
+base = ""
+
+[adapter]
+path = "adapter"
+
+[retrieval]
+mode = "hybrid"
+k = 4
+chunk_size = 128
+chunk_overlap = 16
+embed_title = true
+evidence_threshold = 0.0   # run `assistant calibrate {name}` once the domain has train questions
+
+[generation]
+max_tokens = 128
+temperature = 0.0
+
+[eval]
+primary_metric = "f1"
+
+[[data]]
+name = "{name}"
+corpus = "data/corpus.jsonl"
+qa = "data/qa.jsonl"
+source = "{Path(corpus).name}"
+license = "see data/DATA.md"
+''')
+    tmp.rename(root)
+    return root
+
+
+def _read_qa(path: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ScaffoldError(f"{path}:{n}: invalid JSON ({exc})") from exc
+        missing = {"question", "answer"} - set(row)
+        if missing:
+            raise ScaffoldError(f"{path}:{n}: missing {sorted(missing)}")
+        if isinstance(row["answer"], str):
+            row["answer"] = [row["answer"]]
+        row.setdefault("qid", f"q{n}")
+        row.setdefault("split", "train")
+        row.setdefault("answer_type", "free_text")
+        row.setdefault("gold_doc_ids", [])
+        rows.append(row)
+    return rows
+
+
+def synthesize_qa(root: Path, engine, n: int = 50, seed: int = 0, dev_fraction: float = 0.2) -> list[dict]:
+    """Ask the base model for one question/answer per sampled chunk; keep well-formed pairs; train/dev split."""
+    corpus = read_source(root / "data" / "corpus.jsonl").documents
+    chunks = [c for d in corpus for c in chunk_document(d)]
+    rng = random.Random(seed)
+    rng.shuffle(chunks)
+    chunks = chunks[:n]
+    requests = [GenerationRequest(messages=[{"role": "user", "content": QUESTION_PROMPT.format(passage=c.text)}],
+                                  max_tokens=96) for c in chunks]
+    rows = []
+    for chunk, result in zip(chunks, engine.generate(requests)):
+        m = _QA.search(result.text)
+        if not m:
+            continue
+        q, a = m["q"].strip().split("\n")[0], m["a"].strip().split("\n")[0]
+        if len(q) < 8 or not q.endswith("?") or not a:
+            continue
+        rows.append({"qid": f"syn-{len(rows)}", "split": "train", "question": q, "answer": [a],
+                     "answer_type": "free_text", "gold_doc_ids": [chunk.doc_id], "meta": {"synthetic": True}})
+    for row in rows[: int(len(rows) * dev_fraction)]:
+        row["split"] = "dev"
+    qa_path = root / "data" / "qa.jsonl"
+    with open(qa_path, "a", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+    return rows

@@ -1,0 +1,121 @@
+"""The HTTP API on the real stack: OpenAI-compatible chat, SSE streaming, 32 concurrent mixed-domain
+requests each answered by its own adapter, clear 4xx errors, API keys."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from assistant.domains import get_domain
+from assistant.server import create_app
+from helpers.data import qa_row
+
+pytestmark = pytest.mark.engine
+DOMAINS = ["healthcare", "legal", "finance", "retail", "manufacturing"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(platform):
+    platform.settings.api_keys = json.dumps({"finance": ["fin-key"], "*": ["admin-key"]})
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(create_app(platform), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(timeout=10)
+    platform.settings.api_keys = ""
+
+
+def auth(domain):
+    return {"Authorization": f"Bearer {'fin-key' if domain == 'finance' else 'admin-key'}"}
+
+
+def body(domain, question, **extra):
+    return {"model": domain, "messages": [{"role": "user", "content": question}], **extra}
+
+
+def test_health_and_models(server):
+    assert httpx.get(f"{server}/health").json() == {"status": "ok", "domains": sorted(DOMAINS)}
+    models = {m["id"]: m for m in httpx.get(f"{server}/v1/models").json()["data"]}
+    assert set(models) == set(DOMAINS)
+    for name, m in models.items():
+        assert m["adapter"] == f"{name}@{m['adapter_version']}"
+
+
+def test_32_concurrent_requests_each_answered_by_its_own_adapter(server):
+    jobs = []
+    for i in range(32):
+        domain = DOMAINS[i % 5]
+        row = qa_row(domain, index=i // 5)
+        scope = get_domain(domain).scope_filter(row)
+        jobs.append((domain, body(domain, row["question"], filter=scope, max_tokens=48)))
+    started = time.time()
+    with httpx.Client(timeout=600) as client, cf.ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda j: client.post(f"{server}/v1/chat/completions", json=j[1],
+                                                        headers=auth(j[0])), jobs))
+    elapsed = time.time() - started
+    for (domain, _), resp in zip(jobs, responses):
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        assert data["model"] == domain and data["object"] == "chat.completion"
+        assert data["choices"][0]["message"]["content"]
+        meta = data["assistant"]
+        assert meta["abstained"] or meta["adapter"].startswith(domain + "@"), (domain, meta)
+        if not meta["abstained"]:
+            assert meta["adapter"] == f"{domain}@{get_domain(domain).adapter_manifest['version']}"
+    assert elapsed < 300, f"32 concurrent requests took {elapsed:.0f} s"
+
+
+def test_stream_is_server_sent_events_with_citations_at_the_end(server):
+    row = qa_row("manufacturing")
+    with httpx.stream("POST", f"{server}/v1/chat/completions", headers=auth("manufacturing"), timeout=300,
+                      json=body("manufacturing", row["question"], stream=True)) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: {")]
+    text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+    last = events[-1]
+    assert len(events) > 3 and text.strip() and last["choices"][0]["finish_reason"] == "stop"
+    assert "citations" in last and "assistant" in last
+
+
+@pytest.mark.parametrize("payload, status, message", [
+    (body("legal", ""), 400, "empty"),
+    (body("legal", "x" * 100_000), 413, "limit is"),
+    (body("astrology", "Will I be rich?"), 404, "unknown model 'astrology'"),
+    ({"model": "legal"}, 400, "messages"),
+    (body("legal", "What data is collected?", max_tokens=100_000), 400, "max_tokens"),
+])
+def test_bad_requests_get_clear_4xx(server, payload, status, message):
+    resp = httpx.post(f"{server}/v1/chat/completions", json=payload, headers=auth("legal"), timeout=60)
+    assert resp.status_code == status and message in resp.json()["error"]["message"]
+
+
+def test_invalid_json_and_api_keys(server):
+    resp = httpx.post(f"{server}/v1/chat/completions", content=b"{not json", timeout=60,
+                      headers={"content-type": "application/json", **auth("legal")})
+    assert resp.status_code == 400 and "invalid request body" in resp.json()["error"]["message"]
+    q = body("finance", "What was the revenue in 2019?", max_tokens=8)
+    assert httpx.post(f"{server}/v1/chat/completions", json=q, timeout=60).status_code == 401
+    wrong = httpx.post(f"{server}/v1/chat/completions", json=q, headers={"Authorization": "Bearer nope"}, timeout=60)
+    assert wrong.status_code == 401 and "API key" in wrong.json()["error"]["message"]
+    ok = httpx.post(f"{server}/v1/chat/completions", json=q, headers={"Authorization": "Bearer fin-key"}, timeout=300)
+    assert ok.status_code == 200
+    other = httpx.post(f"{server}/v1/chat/completions", json=body("legal", "q?", max_tokens=8),
+                       headers={"Authorization": "Bearer fin-key"}, timeout=60)
+    assert other.status_code == 401  # a finance key does not open legal
