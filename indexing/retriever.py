@@ -50,12 +50,15 @@ class Retriever:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         started = time.perf_counter()
         use_rerank = rerank and self.reranker is not None
-        fetch = max(4 * k, 20) if use_rerank else k
+        fetch = max(4 * k, 20) if use_rerank else k + 4  # spare rows so ties at the cut are ordered, not dropped
         dense = self.embedder.embed_query(query) if mode in ("hybrid", "dense") else None
         sparse = bm25.query_vector(query) if mode in ("hybrid", "sparse") else None
         hits = self.store.search(collection, dense=dense, sparse=sparse, k=fetch, filter=filter)
         passages = [Passage(id=h.id, doc_id=h.payload.get("doc_id", ""), title=h.payload.get("title", ""),
                             text=h.payload.get("text", ""), score=h.score, payload=h.payload) for h in hits]
+        # RRF often gives equal scores (rank i in one list + rank j in the other); break ties by id so the
+        # same question always shows the same passages in the same order.
+        passages.sort(key=lambda p: (-p.score, p.id))
         if use_rerank and passages:
             scores = self.reranker.predict([(query, p.text) for p in passages])
             for p, s in zip(passages, scores):

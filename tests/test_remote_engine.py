@@ -62,6 +62,7 @@ def test_remote_engine_answers_like_the_local_engine(vllm_server, platform, prep
         remote_answers = remote.ask_many(specs)
         local_answers = platform.ask_many(specs)
         for r, l in zip(remote_answers, local_answers):
+            assert [p.doc_id for p in r.passages] == [p.doc_id for p in l.passages]  # same prompt both ways
             assert r.text == l.text and [c.doc_id for c in r.citations] == [c.doc_id for c in l.citations]
         assert all(a.adapter.startswith("manufacturing@") for a in remote_answers)
         streamed = list(remote.stream("manufacturing", rows[0]["question"], options=rows[0]["options"]))
