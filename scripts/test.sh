@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 .venv/bin/assistant setup
-if [ -f scripts/browser-deps.sh ]; then bash scripts/browser-deps.sh; fi
 exec .venv/bin/python -m pytest -ra "$@"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def test_setup_cli_prints_paths_and_is_idempotent(prepared, settings):
     mtime = weights.stat().st_mtime_ns
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "assistant", "setup", "--json"], capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "ASSISTANT_HOME": str(settings.data_dir)})
+                          timeout=300, env={**os.environ, "ASSISTANT_HOME": str(settings.data_dir)})
     elapsed = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
