@@ -9,6 +9,6 @@ bash scripts/install.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 GRADIO_ANALYTICS_ENABLED=False
 .venv/bin/assistant setup
 if [ $# -eq 0 ]; then
-  set -- ask manufacturing "Which sensor best detects a rotor windings fault in an electric motor?"
+  set -- ask healthcare "Do mitochondria play a role in remodelling lace plant leaves during programmed cell death?"
 fi
 exec .venv/bin/assistant "$@"
