@@ -131,15 +131,16 @@ class Platform:
         return self.domains[name]
 
     def retrieve(self, domain: str, question: str, k: int | None = None, *, filter: dict | None = None,
-                 mode: str | None = None):
+                 mode: str | None = None, query_vector=None):
         dom = self.domain(domain)
         self._check_question(question)
         return self.retriever.retrieve(dom.name, question, k or dom.k, mode=mode or dom.retrieval.get("mode", "hybrid"),
-                                       filter=filter)
+                                       filter=filter, query_vector=query_vector)
 
-    def evidence(self, domain: str, question: str, filter: dict | None = None) -> float:
+    def evidence(self, domain: str, question: str, filter: dict | None = None, query_vector=None) -> float:
         """Cosine similarity of the closest chunk (dense): the evidence gate's signal."""
-        hits = self.store.search(domain, dense=self.embedder.embed_query(question), sparse=None, k=1, filter=filter)
+        dense = query_vector if query_vector is not None else self.embedder.embed_query(question)
+        hits = self.store.search(domain, dense=dense, sparse=None, k=1, filter=filter)
         return hits[0].score if hits else 0.0
 
     @staticmethod
@@ -158,8 +159,9 @@ class Platform:
         started = time.perf_counter()
         passages, evidence = [], None
         if rag:
-            passages = self.retrieve(dom.name, question, k, filter=filter)
-            evidence = self.evidence(dom.name, question, filter)
+            vector = self.embedder.embed_query(question)  # once, for both retrieval and the gate
+            passages = self.retrieve(dom.name, question, k, filter=filter, query_vector=vector)
+            evidence = self.evidence(dom.name, question, filter, query_vector=vector)
         retrieve_ms = (time.perf_counter() - started) * 1000
         adapter = self.engine.adapters.get(dom.name) if lora and dom.name in self.engine.adapters else None
         answer = Answer(domain=dom.name, question=question, text="", citations=[],

@@ -39,7 +39,8 @@ class Retriever:
         self.last_ms = 0.0
 
     def retrieve(self, collection: str, query: str, k: int = 5, *, mode: str = "hybrid",
-                 filter: dict | None = None, rerank: bool = True) -> list[Passage]:
+                 filter: dict | None = None, rerank: bool = True, query_vector=None) -> list[Passage]:
+        """`query_vector`: the query's embedding when the caller already has it (saves one encode)."""
         if not isinstance(query, str) or not query.strip():
             raise ValueError("empty query")
         if len(query) > MAX_QUERY_CHARS:
@@ -51,7 +52,9 @@ class Retriever:
         started = time.perf_counter()
         use_rerank = rerank and self.reranker is not None
         fetch = max(4 * k, 20) if use_rerank else k + 4  # spare rows so ties at the cut are ordered, not dropped
-        dense = self.embedder.embed_query(query) if mode in ("hybrid", "dense") else None
+        dense = None
+        if mode in ("hybrid", "dense"):
+            dense = query_vector if query_vector is not None else self.embedder.embed_query(query)
         sparse = bm25.query_vector(query) if mode in ("hybrid", "sparse") else None
         hits = self.store.search(collection, dense=dense, sparse=sparse, k=fetch, filter=filter)
         passages = [Passage(id=h.id, doc_id=h.payload.get("doc_id", ""), title=h.payload.get("title", ""),
