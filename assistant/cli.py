@@ -171,7 +171,7 @@ def ask(domain, question, no_rag, no_lora, filters, as_json):
     try:
         from .domains import get_domain
         get_domain(domain, settings)  # fail fast, before the engine starts
-        Platform._check_question(question)
+        Platform._check_question(question, settings.max_question_chars)
         platform = Platform.load([domain], settings, progress=not as_json)
     except (DomainError, StoreError, AdapterError, ValueError) as exc:
         raise _fail(exc) from exc

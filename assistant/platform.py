@@ -17,7 +17,7 @@ from .domains import Domain, DomainError, get_domain, list_domains
 from .engine import GenerationRequest, GenerationResult
 from .prompting import PromptPassage, build_messages, parse_citations
 
-MAX_QUESTION_CHARS = 4000
+MAX_QUESTION_CHARS = Settings.max_question_chars  # default; a Platform uses its settings' value
 _IDK = re.compile(r"\b(do not know|don't know|cannot answer|can't answer|not enough information|no information)\b",
                   re.IGNORECASE)
 
@@ -133,7 +133,7 @@ class Platform:
     def retrieve(self, domain: str, question: str, k: int | None = None, *, filter: dict | None = None,
                  mode: str | None = None, query_vector=None):
         dom = self.domain(domain)
-        self._check_question(question)
+        self._check_question(question, self.settings.max_question_chars)
         return self.retriever.retrieve(dom.name, question, k or dom.k, mode=mode or dom.retrieval.get("mode", "hybrid"),
                                        filter=filter, query_vector=query_vector)
 
@@ -144,18 +144,18 @@ class Platform:
         return hits[0].score if hits else 0.0
 
     @staticmethod
-    def _check_question(question) -> str:
+    def _check_question(question, limit: int = MAX_QUESTION_CHARS) -> str:
         if not isinstance(question, str) or not question.strip():
             raise QuestionError("empty question")
-        if len(question) > MAX_QUESTION_CHARS:
-            raise QuestionError(f"question is {len(question)} characters; the limit is {MAX_QUESTION_CHARS}")
+        if len(question) > limit:
+            raise QuestionError(f"question is {len(question)} characters; the limit is {limit}")
         return question.strip()
 
     # ---- answering ---------------------------------------------------------------------------
     def _prepare(self, domain: str, question: str, rag: bool, lora: bool, k: int | None, filter: dict | None,
                  options: dict | None, max_tokens: int | None):
         dom = self.domain(domain)
-        question = self._check_question(question)
+        question = self._check_question(question, self.settings.max_question_chars)
         started = time.perf_counter()
         passages, evidence = [], None
         if rag:
