@@ -312,6 +312,97 @@ def new_domain(name, corpus, qa, synthetic, description):
     click.echo(f"next: assistant train {name} && assistant calibrate {name}")
 
 
+@main.command("eval")
+@click.argument("domain")
+@click.option("--split", default="test", show_default=True, help="Which qa.jsonl split to score.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="A seeded random sample of N questions.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Also write the result JSON here.")
+@click.option("--conditions", default="base,rag,lora,rag+lora", show_default=True, help="Comma-separated subset.")
+@click.option("--adapter", "adapter_path", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Score this adapter directory instead of the domain's shipped one (e.g. a rank study).")
+@click.option("--report-dir", type=click.Path(file_okay=False), default=None,
+              help="Where <domain>.md/.json/.png go (default eval/reports; --no-report to skip).")
+@click.option("--no-report", is_flag=True, help="Write no report files.")
+@click.option("--no-risk", is_flag=True, help="Skip the risk suites (out-of-domain, unanswerable, injection, PII).")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Answers per engine batch.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Sample seed.")
+def eval_command(domain, split, limit, json_out, conditions, adapter_path, report_dir, no_report, no_risk,
+                 batch_size, seed):
+    """Score DOMAIN (or all) as base / +RAG / +LoRA / +RAG+LoRA, with CIs, risk suites and a report (resumable)."""
+    from pathlib import Path
+
+    from eval.report import write_report
+    from eval.runner import CONDITIONS, eval_domain
+
+    from .adapter_manifest import check_adapter
+    from .adapters import AdapterError
+    from .domains import DomainError, get_domain, list_domains
+    from .models import prepare_base_model
+    from .platform import Platform
+
+    settings = Settings.load()
+    chosen = [c.strip() for c in conditions.split(",") if c.strip()]
+    bad = [c for c in chosen if c not in CONDITIONS]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}", param_hint="--conditions")
+    try:
+        names = list_domains(settings) if domain == "all" else [get_domain(domain, settings).name]
+        if adapter_path and len(names) != 1:
+            raise DomainError("--adapter needs one domain, not all")
+        platform = Platform.load(names, settings)
+    except (DomainError, AdapterError, ValueError) as exc:
+        raise _fail(exc) from exc
+    command = "assistant eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"assistant eval {domain}"
+    results = []
+    try:
+        if adapter_path:
+            check_adapter(Path(adapter_path), prepare_base_model(settings)[1])
+            platform.engine.register_adapter(names[0], Path(adapter_path))
+        for name in names:
+            result = eval_domain(platform, name, split=split, limit=limit, conditions=chosen, batch_size=batch_size,
+                                 risk=not no_risk, seed=seed)
+            result["adapter_path"] = str(Path(adapter_path).resolve()) if adapter_path else None
+            results.append(result)
+            if not no_report:
+                out_dir = Path(report_dir) if report_dir else Path(__file__).resolve().parents[1] / "eval" / "reports"
+                paths = write_report(result, out_dir, command)
+                click.echo(f"{name}: report {paths['md']}", err=True)
+            if not adapter_path and split == "test" and "rag+lora" in chosen:
+                _record_eval_in_manifest(platform.domain(name), result)
+            _print_summary(result)
+    except (AdapterError, ValueError) as exc:
+        raise _fail(exc) from exc
+    finally:
+        platform.close()
+    if json_out:
+        Path(json_out).write_text(json.dumps(results[0] if len(results) == 1 else results, indent=2) + "\n")
+
+
+def _print_summary(result: dict) -> None:
+    metric = result["primary_metric"]
+    cells = [f"{c} {v.get(metric, float('nan')):.3f}" for c, v in result["answers"].items()]
+    click.echo(f"{result['domain']} ({result['split']}, n={result['n']}): {metric}: " + ", ".join(cells))
+
+
+def _record_eval_in_manifest(dom, result: dict) -> None:
+    """The shipped adapter's manifest keeps the scores it reached (issue: adapter manifest)."""
+    path = dom.adapter_path / "manifest.json"
+    if not path.is_file():
+        return
+    manifest = json.loads(path.read_text())
+    if result.get("adapter") != f"{dom.name}@{manifest.get('version')}":
+        return
+    metric = result["primary_metric"]
+    manifest["eval"] = {"split": result["split"], "n": result["n"], "limit": result["limit"], "metric": metric,
+                        **{c: v.get(metric) for c, v in result["answers"].items()},
+                        "groundedness": result["answers"].get("rag+lora", {}).get("groundedness"),
+                        "rag+lora_vs_base": result.get("comparison", {}).get("rag+lora_vs_base"),
+                        "report": f"eval/reports/{dom.name}.md"}
+    from .adapter_manifest import write_manifest
+
+    write_manifest(dom.adapter_path, manifest)
+
+
 @main.command()
 @click.argument("domain")
 @click.option("--merged", "out", required=True, type=click.Path(), help="Output directory for the merged checkpoint.")

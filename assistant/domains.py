@@ -49,6 +49,10 @@ class Domain:
         return json.loads(path.read_text()) if path.is_file() else {}
 
     @property
+    def redacts_identifiers(self) -> bool:
+        return bool(self.config.get("privacy", {}).get("redact_identifiers", False))
+
+    @property
     def k(self) -> int:
         return int(self.retrieval.get("k", 4))
 

@@ -36,6 +36,7 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    ignore_eos: bool = False        # fixed-length output (benchmarks)
 
 
 @dataclass
@@ -59,7 +60,7 @@ class LoopEngine:
 
     Subclasses implement `agenerate_stream`, `register_adapter` and `_close`."""
 
-    def __init__(self, model_path: str | Path, settings: Settings | None = None):
+    def __init__(self, model_path: str | Path, settings: Settings | None = None, *, load_tokenizer: bool = True):
         self.settings = settings or Settings.load()
         self.model_path = str(model_path)
         self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank)
@@ -68,8 +69,10 @@ class LoopEngine:
         self._thread = threading.Thread(target=self._loop.run_forever, name="assistant-engine-loop", daemon=True)
         self._thread.start()
         self._closed = False
-        from transformers import AutoTokenizer
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = None  # None: token-id prompts only (e.g. a benchmark's dummy-weight model)
+        if load_tokenizer:
+            from transformers import AutoTokenizer
+            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
 
     def _run(self, coro, timeout: float | None = None):
         if threading.current_thread() is self._thread:
@@ -103,6 +106,8 @@ class LoopEngine:
             return list(request.prompt_token_ids)
         if not request.messages:
             raise ValueError("GenerationRequest needs messages or prompt_token_ids")
+        if self.tokenizer is None:
+            raise ValueError("this engine was started without a tokenizer: send prompt_token_ids")
         ids = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
             ids = ids["input_ids"]
@@ -157,18 +162,22 @@ class Engine(LoopEngine):
     """Owns one in-process vLLM engine; registers adapters by name; generates batches and streams."""
 
     def __init__(self, model_path: str | Path, settings: Settings | None = None, *, dtype: str | None = None,
-                 seed: int = 0):
-        super().__init__(model_path, settings)
+                 seed: int = 0, enable_lora: bool = True, engine_args: dict | None = None):
+        """engine_args: extra vLLM engine arguments (e.g. load_format="dummy", compilation_config) that
+        override the platform's; enable_lora=False serves the base model only (no LoRA layers at all)."""
+        extra = dict(engine_args or {})
+        super().__init__(model_path, settings, load_tokenizer=not extra.get("skip_tokenizer_init", False))
+        self.lora_enabled = enable_lora
         started = time.perf_counter()
         try:
-            self._llm = self._run(self._create(dtype or self.settings.dtype, seed))
+            self._llm = self._run(self._create(dtype or self.settings.dtype, seed, enable_lora, extra))
         except BaseException:
             self._stop_loop()
             raise
         self.startup_s = time.perf_counter() - started
 
     # ---- lifecycle -------------------------------------------------------------------------
-    async def _create(self, dtype: str, seed: int):
+    async def _create(self, dtype: str, seed: int, enable_lora: bool = True, extra: dict | None = None):
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -177,21 +186,21 @@ class Engine(LoopEngine):
         on_cpu = _cpu_platform()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
-        args = AsyncEngineArgs(
+        lora = dict(enable_lora=True, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
+                    max_cpu_loras=max(s.max_cpu_loras, s.max_loras)) if enable_lora else {}
+        kwargs = dict(
             model=self.model_path,
             dtype=dtype,
             seed=seed,
             max_model_len=s.max_model_len,
-            enable_lora=True,
-            max_loras=s.max_loras,
-            max_lora_rank=s.max_lora_rank,
-            max_cpu_loras=max(s.max_cpu_loras, s.max_loras),
             max_num_seqs=s.max_num_seqs,
             enforce_eager=s.enforce_eager,
             enable_prefix_caching=True,
             disable_log_stats=True,
+            **lora,
             **({} if on_cpu else {"gpu_memory_utilization": s.gpu_memory_utilization}),
         )
+        args = AsyncEngineArgs(**(kwargs | (extra or {})))
         return AsyncLLM.from_engine_args(args)
 
     def _close(self) -> None:
@@ -203,6 +212,8 @@ class Engine(LoopEngine):
     # ---- adapters --------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
         """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""
+        if not self.lora_enabled:
+            raise RuntimeError("this engine was started with LoRA disabled")
         adapter = self.adapters.register(name, path, version)
         self._run(self._llm.add_lora(self._lora_request(adapter)))
         return adapter
@@ -218,7 +229,7 @@ class Engine(LoopEngine):
         from vllm.sampling_params import RequestOutputKind
         return SamplingParams(
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
-            stop=request.stop or None, seed=request.seed,
+            stop=request.stop or None, seed=request.seed, ignore_eos=request.ignore_eos,
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
 
@@ -241,7 +252,7 @@ class Engine(LoopEngine):
             if completion.token_ids and first is None:
                 first = time.perf_counter() - started
             token_ids.extend(completion.token_ids)
-            if completion.text:
+            if completion.text:  # None when the engine runs without a tokenizer
                 text_parts.append(completion.text)
                 yield "delta", completion.text
             finish = completion.finish_reason or finish

@@ -16,6 +16,7 @@ from .config import Settings
 from .domains import Domain, DomainError, get_domain, list_domains
 from .engine import GenerationRequest, GenerationResult
 from .prompting import PromptPassage, build_messages, parse_citations
+from .redaction import redact
 
 MAX_QUESTION_CHARS = Settings.max_question_chars  # default; a Platform uses its settings' value
 _IDK = re.compile(r"\b(do not know|don't know|cannot answer|can't answer|not enough information|no information)\b",
@@ -178,9 +179,10 @@ class Platform:
             return answer, None, []
         max_new = int(max_tokens or dom.generation.get("max_tokens", 128))
         budget = self.settings.max_model_len - max_new - 8
+        clean = redact if dom.redacts_identifiers else (lambda text: text)
         messages, shown = build_messages(
             dom.system_prompt, question,
-            [PromptPassage(n=i + 1, doc_id=p.doc_id, title=p.title, text=p.text, score=p.score)
+            [PromptPassage(n=i + 1, doc_id=p.doc_id, title=p.title, text=clean(p.text), score=p.score)
              for i, p in enumerate(passages)],
             self.engine.tokenizer, answer_template=dom.answer_template, options=options, budget_tokens=budget,
             rag=rag)
@@ -192,9 +194,10 @@ class Platform:
                                     temperature=float(dom.generation.get("temperature", 0.0)))
         return answer, request, shown
 
-    @staticmethod
-    def _finish(answer: Answer, result: GenerationResult, rag: bool) -> Answer:
+    def _finish(self, answer: Answer, result: GenerationResult, rag: bool) -> Answer:
         answer.text = result.text.strip()
+        if self.domains[answer.domain].redacts_identifiers:
+            answer.text = redact(answer.text)
         answer.timings["generate_ms"] = round(result.total_s * 1000, 1)
         answer.timings["first_token_ms"] = round(result.first_token_s * 1000, 1)
         if rag:
