@@ -215,13 +215,20 @@ def main(argv=None):
         path.write_text(json.dumps(result, indent=2) + "\n")
 
     for phase in [p.strip() for p in args.phases.split(",") if p.strip()]:
+        # phase: "base" (LoRA disabled) or "lora[N][s]": max_loras N (default --max-loras), "s" = CUDA
+        # graphs specialised per number of active adapters (vLLM's specialize_active_lora)
         lora = phase != "base"
-        max_loras = int(phase[4:]) if phase.startswith("lora") and phase[4:].isdigit() else args.max_loras
-        engine, startup = make_engine(model, args, lora=lora, max_loras=max_loras, label=phase)
+        spec = phase[4:]
+        specialize = spec.endswith("s")
+        digits = spec.rstrip("s")
+        max_loras = int(digits) if lora and digits.isdigit() else args.max_loras
+        extra = {"specialize_active_lora": True} if specialize else None
+        engine, startup = make_engine(model, args, lora=lora, max_loras=max_loras, label=phase, extra=extra)
         result["engines"].append({"phase": phase, "lora": lora, "max_loras": max_loras if lora else None,
-                                  "startup_s": startup, "gpu_mem_mib_idle": gpu_memory_mib()})
+                                  "specialize_active_lora": specialize, "startup_s": startup,
+                                  "flashinfer_sampler": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "1"), "gpu_mem_mib_idle": gpu_memory_mib()})
         save()
-        meta = {"phase": phase, "max_loras": max_loras if lora else None}
+        meta = {"phase": phase, "max_loras": max_loras if lora else None, "specialize_active_lora": specialize}
         try:
             if not lora:
                 result["rows"].append(run(engine, "base (LoRA disabled)", prompts, [None] * len(prompts), args.gen, **meta))
@@ -234,7 +241,7 @@ def main(argv=None):
                 plans = [("LoRA enabled, no adapter in requests", [None] * n),
                          ("1 adapter", [names[0]] * n),
                          ("5 adapters, round-robin", [names[i % 5] for i in range(n)])]
-                if phase == "lora" or max_loras >= 16:
+                if max_loras >= 16:
                     plans.append((f"{min(16, len(names))} adapters, round-robin", [names[i % min(16, len(names))] for i in range(n)]))
                     plans.append((f"{len(names)} adapters, uniform random", [names[rnd.randrange(len(names))] for _ in range(n)]))
                 for label, plan in plans:

@@ -172,8 +172,7 @@ def score_answer(row: dict, text: str, abstained: bool) -> dict[str, float]:
         choice = None if abstained else parse_choice(text, row.get("options") or {})
         return {"accuracy": float(choice is not None and choice == golds[0].upper()), "parsed": float(choice is not None)}
     if abstained:
-        zero = {"exact_match": 0.0, "f1": 0.0}
-        return zero | {"rouge_l": 0.0} if kind in TEXT_TYPES else zero
+        return {"f1": 0.0, "rouge_l": 0.0} if kind in TEXT_TYPES else {"exact_match": 0.0, "f1": 0.0}
     if kind in NUMERIC_TYPES:
         em = tatqa_numeric_match(text, golds[0], (row.get("meta") or {}).get("scale", ""))
         return {"exact_match": em, "f1": em}

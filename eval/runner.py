@@ -149,7 +149,8 @@ def summarise(domain, rows, cache: AnswerCache, conditions) -> tuple[dict, dict]
         by_type = defaultdict(list)
         for row, _, s in scored:
             by_type[row.get("answer_type")].append(s)
-        entry["by_answer_type"] = {k: {"n": len(v)} | {m: round(sum(s[m] for s in v) / len(v), 4) for m in v[0]}
+        entry["by_answer_type"] = {k: {"n": len(v)} | {m: round(sum(s.get(m, 0.0) for s in v) / len(v), 4)
+                                                     for m in sorted({m for s in v for m in s})}
                                    for k, v in sorted(by_type.items())}
         out[cond] = entry
         metric = primary_metric(domain)
@@ -159,7 +160,7 @@ def summarise(domain, rows, cache: AnswerCache, conditions) -> tuple[dict, dict]
 
 def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int | None = None,
                 conditions: list[str] | None = None, batch_size: int = 64, progress: bool = True,
-                cache_dir: Path | None = None, risk: bool = True, seed: int = 0) -> dict:
+                cache_dir: Path | None = None, risk: bool = True, retrieval: bool = True, seed: int = 0) -> dict:
     """The DESIGN.md eval contract for one domain (plus CIs, the paired test and the risk suites)."""
     from .risk_suites import run_risk_suites
 
@@ -182,7 +183,7 @@ def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int |
         "model": str(platform.settings.base_model or "SmolLM2-135M-Instruct (default)"),
         "adapter": adapter.served_name if adapter else None,
         "primary_metric": primary_metric(domain),
-        "retrieval": retrieval_scores(platform, domain, rows),
+        "retrieval": retrieval_scores(platform, domain, rows) if retrieval else {},
         "answers": answers,
     }
     if "rag+lora" in per_question and "base" in per_question:

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One H200 session: vLLM 0.26 + the base model arrive as parts in /tmp/parts/1..N (one `run` per part,
+# see README "GPU"); this script assembles them, then:
+#   setup           unpack, install the wheels into /tmp/site
+#   train           rank study: LoRA ranks 1, 2, 16 on healthcare and manufacturing (same data and
+#                   hyperparameters as the shipped rank-8 adapters), in parallel; adapters tarred into $OUT
+#   bench-start     bench/gpu_lora.py in the background (setsid: it outlives this call while the machine is warm)
+#   wait S          print the bench log for up to S seconds; copy results and stack dumps to $OUT
+set -uo pipefail
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONPATH=/tmp/site:$PWD PATH=/tmp/site/bin:$PATH
+export ASSISTANT_HOME=/tmp/ah ASSISTANT_BASE_MODEL=/tmp/gb/model
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+
+for step in "$@"; do
+  case "$step" in
+    setup)
+      t=$SECONDS
+      mkdir -p /tmp/gb && cat $(ls /tmp/parts/* | sort -t/ -k4 -n) | tar xf - -C /tmp/gb || exit 1
+      python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/gb/wheels/*.whl || exit 1
+      python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
+      nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      echo "setup took $((SECONDS - t)) s" ;;
+    train)
+      t=$SECONDS
+      mkdir -p /tmp/rank
+      for d in healthcare manufacturing; do
+        for r in 1 2 16; do
+          python3 -m assistant train "$d" --data "/tmp/gb/data/$d.jsonl" --rank "$r" --epochs 3 \
+            --out "/tmp/rank/$d-r$r" > "/tmp/rank/$d-r$r.log" 2>&1 &
+        done
+      done
+      wait
+      tail -n 12 /tmp/rank/*.log
+      (cd /tmp/rank && tar cf - */adapter_model.safetensors */adapter_config.json */manifest.json | split -b 15M -d -a 1 - "$OUT/rank.tar.")
+      echo "training took $((SECONDS - t)) s" ;;
+    bench-start)
+      mkdir -p /tmp/bench
+      setsid nohup python3 -m bench.gpu_lora --out /tmp/bench ${BENCH_ARGS:-} > /tmp/bench/log 2>&1 < /dev/null &
+      echo "bench started: pid $!" ;;
+    wait)
+      : ;;
+    [0-9]*)
+      end=$((SECONDS + step))
+      while [ $SECONDS -lt $end ]; do
+        if grep -q "^wrote /tmp/bench/gpu_lora.json" /tmp/bench/log 2>/dev/null; then break; fi
+        if ! pgrep -f bench.gpu_lora > /dev/null; then echo "bench process is gone"; break; fi
+        sleep 10
+      done
+      grep -v -E "Warning|warn\(|^\s*$" /tmp/bench/log | tail -n 60
+      cp /tmp/bench/gpu_lora.json "$OUT/" 2>/dev/null
+      cp /tmp/bench/log "$OUT/bench.log" 2>/dev/null
+      ls /tmp/bench/pyspy-* 2>/dev/null && tar czf "$OUT/pyspy.tgz" -C /tmp/bench $(cd /tmp/bench && ls pyspy-*) ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
