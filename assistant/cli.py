@@ -204,6 +204,7 @@ def ask(domain, question, no_rag, no_lora, filters, as_json):
 @click.option("--rank", default=8, show_default=True, type=int, help="LoRA rank.")
 @click.option("--alpha", default=None, type=int, help="LoRA alpha (default 2 x rank).")
 @click.option("--rslora", is_flag=True, help="Rank-stabilised LoRA scaling.")
+@click.option("--qlora", is_flag=True, help="4-bit NF4 frozen base (bitsandbytes; CUDA only). The adapter stays plain LoRA.")
 @click.option("--epochs", default=2.0, show_default=True, type=float)
 @click.option("--max-steps", default=0, type=int, help="Stop after N steps (0 = by epochs).")
 @click.option("--lr", default=2e-4, show_default=True, type=float)
@@ -213,7 +214,7 @@ def ask(domain, question, no_rag, no_lora, filters, as_json):
 @click.option("--out", type=click.Path(), default=None, help="Adapter directory (default: the domain's adapter/).")
 @click.option("--export-data", type=click.Path(), default=None, help="Only write the examples (JSONL) and stop.")
 @click.option("--data", "data_file", type=click.Path(exists=True), default=None, help="Train on exported examples.")
-def train(domain, rank, alpha, rslora, epochs, max_steps, lr, batch_size, limit, seed, out, export_data, data_file):
+def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size, limit, seed, out, export_data, data_file):
     """Train the domain's LoRA adapter on its train split, in the run-time prompt format."""
     from .domains import DomainError, get_domain
     from .models import prepare_base_model
@@ -250,7 +251,7 @@ def train(domain, rank, alpha, rslora, epochs, max_steps, lr, batch_size, limit,
         manifest = train_adapter(examples, base_model, out or dom.adapter_path,
                                  base_model_sha256=base_sha, domain=dom.name, rank=rank,
                                  alpha=alpha, rslora=rslora, epochs=epochs, max_steps=max_steps, lr=lr,
-                                 batch_size=batch_size, seed=seed)
+                                 batch_size=batch_size, seed=seed, qlora=qlora)
     except ValueError as exc:
         raise _fail(exc) from exc
     click.echo(json.dumps({k: manifest[k] for k in ("domain", "version", "steps", "wall_time_s", "loss")}, indent=2))

@@ -107,7 +107,9 @@ class Platform:
         except BaseException:
             store.close()
             raise
-        return cls(settings, engine, store, embedder, loaded, owns_engine)
+        platform = cls(settings, engine, store, embedder, loaded, owns_engine)
+        platform.base_model_sha256 = prepared.base_model_sha256
+        return platform
 
     def close(self) -> None:
         if self._closed:
@@ -247,6 +249,24 @@ class Platform:
                 yield item
             else:
                 yield self._finish(answer, item, rag)
+
+    def reload_adapter(self, domain: str, path=None):
+        """Hot reload: serve a new adapter version (a directory, or the domain's own adapter/ re-read) from the
+        next request on, without restarting the engine. Refused like at start-up when the manifest names
+        another base model or vLLM cannot serve it; the old version keeps serving in that case."""
+        from pathlib import Path
+
+        from .adapter_manifest import check_adapter
+
+        dom = self.domain(domain)
+        path = Path(path).expanduser().resolve() if path else dom.adapter_path
+        if not path.is_dir():
+            from .adapters import AdapterError
+            raise AdapterError(f"adapter directory {path} does not exist")
+        sha = getattr(self, "base_model_sha256", None)
+        if sha:
+            check_adapter(path, sha)
+        return self.engine.register_adapter(dom.name, path)
 
     def info(self) -> list[dict]:
         out = []

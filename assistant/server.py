@@ -39,6 +39,10 @@ class ChatRequest(BaseModel):
     filter: dict | None = None
 
 
+class ReloadRequest(BaseModel):
+    path: str | None = None  # a new adapter version's directory; empty = re-read the domain's adapter/
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
 
@@ -100,6 +104,23 @@ def create_app(platform: Platform) -> FastAPI:
             {"id": d["domain"], "object": "model", "created": 0, "owned_by": "domain-assistant",
              "description": d["description"], "adapter": d["adapter"], "adapter_version": d["adapter_version"]}
             for d in platform.info()]}
+
+    @app.post("/v1/adapters/{domain}/reload")
+    async def reload_adapter(domain: str, req: ReloadRequest | None = None,
+                             authorization: str | None = Header(default=None)):
+        """Hot reload a domain's adapter (a new version directory, or its own adapter/ re-read). Admin keys only."""
+        if keys:
+            token = (authorization or "").removeprefix("Bearer ").strip()
+            if token not in set(keys.get("*", [])):
+                raise HTTPException(401, "reloading adapters needs an admin ('*') API key")
+        if domain not in platform.domains:
+            raise HTTPException(404, f"unknown domain {domain!r}; served: {', '.join(sorted(platform.domains))}")
+        try:
+            adapter = await run_in_threadpool(platform.reload_adapter, domain, (req.path if req else None))
+        except (AdapterError, DomainError) as exc:
+            raise HTTPException(400, str(exc)) from exc
+        return {"domain": domain, "adapter": adapter.served_name, "adapter_version": adapter.version,
+                "path": str(adapter.path)}
 
     @app.post("/v1/chat/completions")
     async def chat(req: ChatRequest, authorization: str | None = Header(default=None)):

@@ -101,11 +101,31 @@ def _encode(example: dict, tokenizer, max_len: int) -> tuple[list[int], list[int
     return ids, labels
 
 
+def _load_4bit(base_model, device: str):
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if device != "cuda":
+        raise ValueError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); train plain LoRA on CPU")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("QLoRA needs the bitsandbytes package: pip install 'domain-assistant[gpu]' or bitsandbytes")
+    from peft import prepare_model_for_kbit_training
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(str(base_model), quantization_config=quant, device_map={"": 0})
+    return prepare_model_for_kbit_training(model)
+
+
 def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | Path, *, base_model_sha256: str,
                   domain: str, rank: int = 8, alpha: int | None = None, rslora: bool = False, epochs: float = 2.0,
                   max_steps: int = 0, lr: float = 2e-4, batch_size: int = 8, max_len: int = 1024,
                   dev_fraction: float = 0.1, patience: int = 3, eval_every: int = 25, seed: int = 0,
-                  device: str | None = None, progress: bool = True) -> dict:
+                  device: str | None = None, qlora: bool = False, progress: bool = True) -> dict:
+    """qlora=True: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only); the adapter itself is the same
+    plain LoRA, so vLLM serves it on the full-precision base like any other."""
     import torch
     from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
@@ -117,8 +137,11 @@ def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | P
     rng = random.Random(seed)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(str(base_model))
-    model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    model.to(device)
+    if qlora:
+        model = _load_4bit(base_model, device)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+        model.to(device)
     config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=TARGET_MODULES, lora_dropout=0.05,
                         use_rslora=rslora, task_type="CAUSAL_LM")
     model = get_peft_model(model, config)
@@ -206,7 +229,8 @@ def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | P
         "examples": len(examples), "train_examples": len(train), "dev_examples": len(dev),
         "hyperparameters": {"rank": rank, "alpha": alpha or 2 * rank, "rslora": rslora, "lr": lr,
                             "batch_size": batch_size, "epochs": epochs, "max_steps": max_steps, "max_len": max_len,
-                            "target_modules": TARGET_MODULES, "dropout": 0.05, "seed": seed},
+                            "target_modules": TARGET_MODULES, "dropout": 0.05, "seed": seed,
+                            "qlora": qlora},
         "steps": step, "wall_time_s": round(time.time() - started, 1),
         "hardware": {"device": device, "name": torch.cuda.get_device_name() if device == "cuda" else host.processor()
                      or host.machine()},

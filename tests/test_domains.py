@@ -105,3 +105,18 @@ def test_merged_export_generates_the_same_tokens_as_base_plus_adapter(prepared, 
     assert merged == with_adapter
     with pytest.raises(FileExistsError):
         export_merged(prepared.base_model, prepared.base_model_sha256, adapter, out, "float32")
+
+
+def test_qlora_without_cuda_is_refused_clearly(prepared, tmp_path):
+    """QLoRA is a CUDA-only option; on a CPU machine it must fail before any training, with the reason."""
+    import torch
+
+    from assistant.training import train_adapter
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the refusal is for CPU machines")
+    example = {"qid": "x", "messages": [{"role": "user", "content": "q"}], "target": "a [1]"}
+    with pytest.raises(ValueError, match="QLoRA needs a CUDA GPU"):
+        train_adapter([example], prepared.base_model, tmp_path / "out", base_model_sha256=prepared.base_model_sha256,
+                      domain="healthcare", qlora=True, max_steps=1)
+    assert not (tmp_path / "out").exists()

@@ -119,3 +119,37 @@ def test_invalid_json_and_api_keys(server):
     other = httpx.post(f"{server}/v1/chat/completions", json=body("legal", "q?", max_tokens=8),
                        headers={"Authorization": "Bearer fin-key"}, timeout=60)
     assert other.status_code == 401  # a finance key does not open legal
+
+
+def test_hot_reload_serves_a_new_adapter_version_without_restart(server, platform, tmp_path):
+    import shutil
+
+    dom = get_domain("manufacturing")
+    new = tmp_path / "manufacturing-v2"
+    shutil.copytree(dom.adapter_path, new)
+    manifest = json.loads((new / "manifest.json").read_text())
+    original = manifest["version"]
+    manifest["version"] = "reload-test"
+    (new / "manifest.json").write_text(json.dumps(manifest))
+    admin = {"Authorization": "Bearer admin-key"}
+    url = f"{server}/v1/adapters/manufacturing/reload"
+    assert httpx.post(url, json={"path": str(new)}, headers={"Authorization": "Bearer fin-key"}).status_code == 401
+    bad = httpx.post(url, json={"path": str(tmp_path / "missing")}, headers=admin)
+    assert bad.status_code == 400 and "does not exist" in bad.json()["error"]["message"]
+    wrong_base = tmp_path / "wrong-base"
+    shutil.copytree(new, wrong_base)
+    (wrong_base / "manifest.json").write_text(json.dumps(manifest | {"base_model_sha256": "0" * 64}))
+    refused = httpx.post(url, json={"path": str(wrong_base)}, headers=admin)
+    assert refused.status_code == 400 and "trained on base model" in refused.json()["error"]["message"]
+    try:
+        r = httpx.post(url, json={"path": str(new)}, headers=admin, timeout=120)
+        assert r.status_code == 200 and r.json()["adapter"] == "manufacturing@reload-test"
+        models = {m["id"]: m for m in httpx.get(f"{server}/v1/models").json()["data"]}
+        assert models["manufacturing"]["adapter_version"] == "reload-test"
+        row = qa_row("manufacturing")
+        body = {"model": "manufacturing", "messages": [{"role": "user", "content": row["question"]}]}
+        answer = httpx.post(f"{server}/v1/chat/completions", json=body, headers=admin, timeout=300).json()
+        assert answer["assistant"]["adapter"] == "manufacturing@reload-test"
+    finally:
+        back = httpx.post(url, json={}, headers=admin, timeout=120)
+        assert back.status_code == 200 and back.json()["adapter_version"] == original
