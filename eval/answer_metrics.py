@@ -97,13 +97,14 @@ def parse_choice(text: str, options: dict[str, str]) -> str | None:
         return said.group(1).upper()
     norm = normalize(body)
     hits = [k for k, v in options.items() if normalize(v) and normalize(v) in norm]
-    if len(hits) > 1:  # one option's text inside another's: keep the longest match only if it is unique
-        longest = max(len(normalize(options[k])) for k in hits)
-        hits = [k for k in hits if len(normalize(options[k])) == longest]
+    if len(hits) > 1:  # "oil" inside "oil debris": the longer option wins; two separate options: ambiguous
+        texts = {k: normalize(options[k]) for k in hits}
+        hits = [k for k in hits if not any(o != k and texts[k] in texts[o] for o in hits)]
     return hits[0] if len(hits) == 1 else None
 
 
 def _to_float(token: str) -> float | None:
+    token = token.replace("$", "")
     neg = token.startswith(("-", "−")) or (token.startswith("(") and token.endswith(")"))
     digits = re.sub(r"[^\d.]", "", token)
     if not digits or digits.count(".") > 1:
