@@ -65,6 +65,7 @@ def main(argv=None):
 
 def write(rows: list[dict], args) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -98,6 +99,9 @@ def write(rows: list[dict], args) -> None:
             ax.annotate(f"r{r['rank']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.axhline(mine[0]["base"], linestyle=":", linewidth=1, color=ax.lines[-1].get_color())
     ax.set_xscale("log")
+    sizes = sorted({r["size_mb"] for r in rows})
+    ax.set_xticks(sizes, [f"{x:g}" for x in sizes])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("adapter size (MB, fp32, log scale)")
     ax.set_ylabel("+RAG+LoRA primary metric")
     ax.set_title("Rank study (dotted: base model)", fontsize=10)
