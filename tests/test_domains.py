@@ -30,6 +30,8 @@ def test_five_packages_with_trained_adapters_and_manifests(prepared):
         assert manifest["domain"] == name and manifest["steps"] > 0
         assert manifest["loss"]["dev_best"] < manifest["loss"]["dev_first"]
         assert len(manifest["training_data_sha256"]) == 64 and manifest["hyperparameters"]["rank"] == 8
+        scores = manifest["eval"]  # written by `assistant eval` for the shipped version (eval/reports/<name>.md)
+        assert scores["split"] == "test" and scores["n"] >= 100 and 0 <= scores["rag+lora"] <= 1
 
 
 def test_manifest_mismatch_and_missing_manifest_are_refused(prepared, tmp_path):
