@@ -335,10 +335,8 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
     from eval.report import write_report
     from eval.runner import CONDITIONS, eval_domain
 
-    from .adapter_manifest import check_adapter
     from .adapters import AdapterError
     from .domains import DomainError, get_domain, list_domains
-    from .models import prepare_base_model
     from .platform import Platform
 
     settings = Settings.load()
@@ -357,8 +355,7 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
     results = []
     try:
         if adapter_path:
-            check_adapter(Path(adapter_path), prepare_base_model(settings)[1])
-            platform.engine.register_adapter(names[0], Path(adapter_path))
+            platform.reload_adapter(names[0], adapter_path)
         for name in names:
             result = eval_domain(platform, name, split=split, limit=limit, conditions=chosen, batch_size=batch_size,
                                  risk=not no_risk, seed=seed)
@@ -387,10 +384,11 @@ def _print_summary(result: dict) -> None:
 
 def _record_eval_in_manifest(dom, result: dict) -> None:
     """The shipped adapter's manifest keeps the scores it reached (issue: adapter manifest)."""
-    path = dom.adapter_path / "manifest.json"
-    if not path.is_file():
+    from .adapter_manifest import read_manifest, write_manifest
+
+    if not (dom.adapter_path / "manifest.json").is_file():
         return
-    manifest = json.loads(path.read_text())
+    manifest = read_manifest(dom.adapter_path)
     if result.get("adapter") != f"{dom.name}@{manifest.get('version')}":
         return
     metric = result["primary_metric"]
@@ -399,8 +397,6 @@ def _record_eval_in_manifest(dom, result: dict) -> None:
                         "groundedness": result["answers"].get("rag+lora", {}).get("groundedness"),
                         "rag+lora_vs_base": result.get("comparison", {}).get("rag+lora_vs_base"),
                         "report": f"eval/reports/{dom.name}.md"}
-    from .adapter_manifest import write_manifest
-
     write_manifest(dom.adapter_path, manifest)
 
 

@@ -29,6 +29,14 @@ def index_domain(domain: Domain, store, embedder, source: str | Path | None = No
         read = read_source(source)
         documents, errors = read.documents, read.errors
         prune = bool(prune)
+    return ingest_into_domain(domain, store, embedder, documents, errors=errors, prune=prune, progress=progress,
+                              chunk_size=chunk_size, chunk_overlap=chunk_overlap)
+
+
+def ingest_into_domain(domain: Domain, store, embedder, documents: list, *, errors: list | None = None,
+                       prune: bool = False, progress: bool = True, chunk_size: int | None = None,
+                       chunk_overlap: int | None = None) -> IngestReport:
+    """Ingest documents into the domain's collection, chunked and embedded as its domain.toml says."""
     r = domain.retrieval
     return ingest_documents(
         store, domain.name, documents, embedder, errors=errors, prune=prune, progress=progress,

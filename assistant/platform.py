@@ -58,7 +58,7 @@ class Answer:
 
 class Platform:
     def __init__(self, settings: Settings, engine, store, embedder, domains: dict[str, Domain],
-                 owns_engine: bool = True):
+                 owns_engine: bool = True, base_model_sha256: str | None = None):
         from indexing.retriever import Retriever
 
         self.settings = settings
@@ -68,6 +68,7 @@ class Platform:
         self.retriever = Retriever(store, embedder)
         self.domains = domains
         self.owns_engine = owns_engine
+        self.base_model_sha256 = base_model_sha256  # adapters must name it in their manifest (None: not checked)
         self._closed = False
 
     # ---- construction ----------------------------------------------------------------------
@@ -78,7 +79,6 @@ class Platform:
         from indexing.embedder import Embedder
         from indexing.store import open_store
 
-        from .adapter_manifest import check_adapter
         from .indexer import index_domain
         from .models import prepare
 
@@ -100,15 +100,17 @@ class Platform:
                     index_domain(dom, store, embedder, progress=progress)
             if engine is None:
                 engine = make_engine(settings, prepared.base_model)
-            for dom in loaded.values():
-                if dom.has_adapter:
-                    check_adapter(dom.adapter_path, prepared.base_model_sha256)
-                    engine.register_adapter(dom.name, dom.adapter_path)
         except BaseException:
             store.close()
             raise
-        platform = cls(settings, engine, store, embedder, loaded, owns_engine)
-        platform.base_model_sha256 = prepared.base_model_sha256
+        platform = cls(settings, engine, store, embedder, loaded, owns_engine, prepared.base_model_sha256)
+        try:
+            for dom in loaded.values():
+                if dom.has_adapter:
+                    platform.reload_adapter(dom.name)
+        except BaseException:
+            platform.close()
+            raise
         return platform
 
     def close(self) -> None:
@@ -251,8 +253,8 @@ class Platform:
                 yield self._finish(answer, item, rag)
 
     def reload_adapter(self, domain: str, path=None):
-        """Hot reload: serve a new adapter version (a directory, or the domain's own adapter/ re-read) from the
-        next request on, without restarting the engine. Refused like at start-up when the manifest names
+        """Serve an adapter version (a directory, or the domain's own adapter/) from the next request on,
+        without restarting the engine: used at start-up and for hot reload. Refused when the manifest names
         another base model or vLLM cannot serve it; the old version keeps serving in that case."""
         from pathlib import Path
 
@@ -263,9 +265,8 @@ class Platform:
         if not path.is_dir():
             from .adapters import AdapterError
             raise AdapterError(f"adapter directory {path} does not exist")
-        sha = getattr(self, "base_model_sha256", None)
-        if sha:
-            check_adapter(path, sha)
+        if self.base_model_sha256:
+            check_adapter(path, self.base_model_sha256)
         return self.engine.register_adapter(dom.name, path)
 
     def info(self) -> list[dict]:

@@ -72,13 +72,15 @@ def create_app(platform: Platform) -> FastAPI:
         kind = {401: "authentication_error", 404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
         return _error(exc.status_code, str(exc.detail), kind)
 
-    def authorize(domain: str, authorization: str | None):
+    def authorize(domain: str, authorization: str | None, admin: bool = False):
+        """A domain's keys or an admin ('*') key; admin=True: admin keys only."""
         if not keys:
             return
-        allowed = set(keys.get(domain, [])) | set(keys.get("*", []))
+        allowed = set(keys.get("*", [])) | (set() if admin else set(keys.get(domain, [])))
         token = (authorization or "").removeprefix("Bearer ").strip()
         if token not in allowed:
-            raise HTTPException(401, f"missing or invalid API key for domain {domain!r}")
+            raise HTTPException(401, "reloading adapters needs an admin ('*') API key" if admin
+                                else f"missing or invalid API key for domain {domain!r}")
 
     def validate(req: ChatRequest) -> str:
         if req.model not in platform.domains:
@@ -109,10 +111,7 @@ def create_app(platform: Platform) -> FastAPI:
     async def reload_adapter(domain: str, req: ReloadRequest | None = None,
                              authorization: str | None = Header(default=None)):
         """Hot reload a domain's adapter (a new version directory, or its own adapter/ re-read). Admin keys only."""
-        if keys:
-            token = (authorization or "").removeprefix("Bearer ").strip()
-            if token not in set(keys.get("*", [])):
-                raise HTTPException(401, "reloading adapters needs an admin ('*') API key")
+        authorize(domain, authorization, admin=True)
         if domain not in platform.domains:
             raise HTTPException(404, f"unknown domain {domain!r}; served: {', '.join(sorted(platform.domains))}")
         try:

@@ -45,7 +45,7 @@ def main(argv=None):
                 if not path.is_dir():
                     print(f"skip {name} rank {rank}: no {path}")
                     continue
-                platform.engine.register_adapter(name, path)
+                platform.reload_adapter(name, path)
                 result = eval_domain(platform, name, limit=args.limit, conditions=["rag+lora"], risk=False,
                                      retrieval=False)
                 metric = result["primary_metric"]
@@ -59,7 +59,7 @@ def main(argv=None):
                              "dev_loss_best": manifest.get("loss", {}).get("dev_best"),
                              "train_wall_s": manifest.get("wall_time_s"), "hardware": manifest.get("hardware")})
                 print(json.dumps(rows[-1]), flush=True)
-            platform.engine.register_adapter(name, shipped)
+            platform.reload_adapter(name)
     write(rows, args)
 
 

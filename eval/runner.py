@@ -38,9 +38,9 @@ def sample_rows(domain, split: str, limit: int | None, seed: int = 0) -> list[di
     return rows[:limit] if limit else rows
 
 
-def fingerprint(platform, domain, adapter_name: str | None = None) -> str:
-    name = adapter_name or domain.name
-    adapter = platform.engine.adapters.get(name) if name in platform.engine.adapters else None
+def fingerprint(platform, domain) -> str:
+    adapters = platform.engine.adapters
+    adapter = adapters.get(domain.name) if domain.name in adapters else None
     model = Path(platform.engine.model_path)
     prepared = model / "prepared.json"
     parts = [str(model), prepared.read_text() if prepared.is_file() else "",
