@@ -5,6 +5,7 @@
 #   train           rank study: LoRA ranks 1, 2, 16 on healthcare and manufacturing (same data and
 #                   hyperparameters as the shipped rank-8 adapters), in parallel; adapters tarred into $OUT
 #   bench-start     bench/gpu_lora.py in the background (setsid: it outlives this call while the machine is warm)
+#   kernels-bench-start  bench/lora_kernels.py --tune, then bench/gpu_lora.py with its tuned configs, in the background
 #   wait S          print the bench log for up to S seconds; copy results and stack dumps to $OUT
 set -uo pipefail
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
@@ -40,16 +41,24 @@ for step in "$@"; do
       mkdir -p /tmp/bench
       setsid nohup python3 -m bench.gpu_lora --out /tmp/bench ${BENCH_ARGS:-} > /tmp/bench/log 2>&1 < /dev/null &
       echo "bench started: pid $!" ;;
+    kernels-bench-start)
+      mkdir -p /tmp/bench
+      setsid nohup bash -c "python3 -m bench.lora_kernels --out /tmp/bench/kernels --tune ${KERNEL_ARGS:-} > /tmp/bench/kernels.log 2>&1;
+        python3 -m bench.gpu_lora --out /tmp/bench --tuned-configs /tmp/bench/kernels/tuned_configs ${BENCH_ARGS:-} > /tmp/bench/log 2>&1" \
+        < /dev/null > /dev/null 2>&1 &
+      echo "kernels + bench started: pid $!" ;;
     wait)
       : ;;
     [0-9]*)
       end=$((SECONDS + step))
       while [ $SECONDS -lt $end ]; do
         if grep -q "^wrote /tmp/bench/gpu_lora.json" /tmp/bench/log 2>/dev/null; then break; fi
-        if ! pgrep -f bench.gpu_lora > /dev/null; then echo "bench process is gone"; break; fi
+        if ! pgrep -f "bench.gpu_lora|bench.lora_kernels" > /dev/null; then echo "bench process is gone"; break; fi
         sleep 10
       done
-      grep -v -E "Warning|warn\(|^\s*$" /tmp/bench/log | tail -n 60
+      [ -f /tmp/bench/kernels/lora_kernels.log ] && tail -n 25 /tmp/bench/kernels/lora_kernels.log
+      grep -v -E "Warning|warn\(|^\s*$|^ +[a-zA-Z_:]+ +[0-9.]+%|^-+ +-+" /tmp/bench/log 2>/dev/null | tail -n 40
+      [ -d /tmp/bench/kernels ] && tar czf "$OUT/kernels.tgz" -C /tmp/bench kernels kernels.log 2>/dev/null
       cp /tmp/bench/gpu_lora.json "$OUT/" 2>/dev/null
       cp /tmp/bench/log "$OUT/bench.log" 2>/dev/null
       ls /tmp/bench/pyspy-* 2>/dev/null && tar czf "$OUT/pyspy.tgz" -C /tmp/bench $(cd /tmp/bench && ls pyspy-*) ;;
