@@ -12,6 +12,7 @@ Start-up takes 30-60 s on CPU: create one Engine per process. Scripts that creat
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import queue
@@ -48,6 +49,12 @@ class GenerationResult:
     finish_reason: str | None
     first_token_s: float   # seconds from submit to first token
     total_s: float
+
+
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _cpu_platform() -> bool:
@@ -205,6 +212,11 @@ class Engine(LoopEngine):
 
     def _close(self) -> None:
         try:
+            handler = getattr(self._llm, "output_handler", None)
+            if handler is not None and not handler.done():
+                # AsyncLLM.shutdown stops the engine core before it cancels its output task, which then
+                # logs the dead engine as an error (a traceback at the end of every CLI run): cancel it first
+                self._run(_cancelled(handler), timeout=10)
             self._llm.shutdown()
         finally:
             self._llm = None  # collect now, not at interpreter exit when vLLM's modules are gone
