@@ -221,6 +221,13 @@ class Engine(LoopEngine):
         finally:
             self._llm = None  # collect now, not at interpreter exit when vLLM's modules are gone
 
+    def start_profile(self) -> None:
+        """Start vLLM's profiler (needs `profiler_config` in engine_args; see bench/gpu_lora.py --profile)."""
+        self._run(self._llm.start_profile())
+
+    def stop_profile(self) -> None:
+        self._run(self._llm.stop_profile())
+
     # ---- adapters --------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
         """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""

@@ -274,9 +274,9 @@ def profile_run(engine, args, spec: dict, prompts, adapters) -> dict | None:
     folder.mkdir(parents=True)
     requests = [GenerationRequest(prompt_token_ids=p, adapter=a, max_tokens=args.gen, ignore_eos=True)
                 for p, a in zip(prompts[:256], adapters[:256])]
-    engine._run(engine._llm.start_profile())
+    engine.start_profile()
     engine.generate(requests)
-    engine._run(engine._llm.stop_profile())
+    engine.stop_profile()
     deadline = time.time() + 120
     while time.time() < deadline and not list(folder.glob("*.pt.trace.json*")):
         time.sleep(2)
