@@ -286,13 +286,23 @@ def calibrate(domain, n):
 @click.option("--qa", type=click.Path(exists=True), default=None, help="Q&A JSONL (question, answer[, split]).")
 @click.option("--synthetic", default=0, type=int, help="Without --qa: generate N synthetic train/dev Q&A with the model.")
 @click.option("--description", default="", help="One line shown in the app and /v1/models.")
-def new_domain(name, corpus, qa, synthetic, description):
-    """Scaffold a domain package from documents, index it, optionally synthesise training Q&A."""
+@click.option("--train", "do_train", is_flag=True, help="Then train the adapter and calibrate the evidence gate.")
+@click.option("--eval", "do_eval", is_flag=True, help="Then score base/+RAG/+LoRA/+RAG+LoRA (implies --train).")
+@click.option("--epochs", default=2.0, show_default=True, type=float, help="With --train.")
+@click.option("--max-steps", default=0, type=int, help="With --train: stop after N steps (0 = by epochs).")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=None, help="With --eval: a seeded sample of N questions.")
+@click.pass_context
+def new_domain(ctx, name, corpus, qa, synthetic, description, do_train, do_eval, epochs, max_steps, eval_limit):
+    """Scaffold a domain package from documents and index it; optionally synthesise training Q&A, train the
+    adapter, calibrate the gate and evaluate: one command from a folder of documents to a trained, scored domain."""
     from .indexer import index_domain
     from .domains import load_domain
     from .scaffold import ScaffoldError, create_domain, synthesize_qa
 
     settings = Settings.load()
+    do_train = do_train or do_eval
+    if do_train and not (qa or synthetic > 0):
+        raise click.UsageError("--train/--eval need training questions: give --qa FILE or --synthetic N")
     try:
         root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description)
     except (ScaffoldError, FileNotFoundError) as exc:
@@ -310,7 +320,20 @@ def new_domain(name, corpus, qa, synthetic, description):
         with Engine(prepare_base_model(settings)[0], settings) as engine:
             rows = synthesize_qa(root, engine, n=synthetic)
         click.echo(f"wrote {len(rows)} synthetic Q&A (train/dev) to {root / 'data' / 'qa.jsonl'}")
-    click.echo(f"next: assistant train {name} && assistant calibrate {name}")
+    if not do_train:
+        click.echo(f"next: assistant train {name} && assistant calibrate {name} && assistant eval {name}")
+        return
+    dom = load_domain(root)
+    if not dom.qa_rows("train"):
+        raise _fail(ValueError(f"{name}: no train questions in {root / 'data' / 'qa.jsonl'}; the domain is "
+                               f"created and indexed, add Q&A and run: assistant train {name}"))
+    ctx.invoke(train, domain=name, epochs=epochs, max_steps=max_steps)
+    ctx.invoke(calibrate, domain=name)
+    if do_eval:
+        # synthetic domains have no test split (no made-up test data): their dev split is scored instead;
+        # training holds out its own slice of the train split, so dev is unseen; the report names the split
+        split = "test" if dom.qa_rows("test") else "dev"
+        ctx.invoke(eval_command, domain=name, split=split, limit=eval_limit, report_dir=str(root / "eval"))
 
 
 @main.command("eval")
@@ -365,7 +388,8 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
                 out_dir = Path(report_dir) if report_dir else Path(__file__).resolve().parents[1] / "eval" / "reports"
                 paths = write_report(result, out_dir, command)
                 click.echo(f"{name}: report {paths['md']}", err=True)
-            if not adapter_path and split == "test" and "rag+lora" in chosen:
+            scored_split = split == "test" or not platform.domain(name).qa_rows("test")  # no test split: dev
+            if not adapter_path and scored_split and "rag+lora" in chosen:
                 _record_eval_in_manifest(platform.domain(name), result)
             _print_summary(result)
     except (AdapterError, ValueError) as exc:

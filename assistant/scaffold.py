@@ -81,7 +81,7 @@ max_tokens = 128
 temperature = 0.0
 
 [eval]
-primary_metric = "f1"
+primary_metric = "{_primary_metric(qa_rows)}"
 
 [[data]]
 name = "{name}"
@@ -92,6 +92,13 @@ license = "see data/DATA.md"
 ''')
     tmp.rename(root)
     return root
+
+
+def _primary_metric(rows: list[dict]) -> str:
+    """Accuracy when every question has choices (yes/no/maybe, multiple choice); token F1 otherwise."""
+    from eval.answer_metrics import CHOICE_TYPES
+
+    return "accuracy" if rows and all(r.get("answer_type") in CHOICE_TYPES for r in rows) else "f1"
 
 
 def _read_qa(path: Path) -> list[dict]:

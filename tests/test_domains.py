@@ -122,3 +122,44 @@ def test_qlora_without_cuda_is_refused_clearly(prepared, tmp_path):
         train_adapter([example], prepared.base_model, tmp_path / "out", base_model_sha256=prepared.base_model_sha256,
                       domain="healthcare", qlora=True, max_steps=1)
     assert not (tmp_path / "out").exists()
+
+
+def test_one_command_from_documents_to_a_trained_evaluated_domain(prepared, small_corpus, tmp_path):
+    """`assistant new-domain --train --eval`: scaffold, index, train, calibrate, score, in one CLI run (own process,
+    own store and domains folder; the packaged models are shared)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home, domains = tmp_path / "home", tmp_path / "domains"
+    home.mkdir()
+    domains.mkdir()
+    (home / "models").symlink_to(prepared.base_model.parent.resolve())
+    rows = [json.loads(line) for line in
+            (Path(__file__).resolve().parents[1] / "domains" / "manufacturing" / "data" / "qa.jsonl").open()]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("".join(json.dumps(r) + "\n" for r in [r for r in rows if r["split"] == "train"][:24]
+                          + [r for r in rows if r["split"] == "test"][:6]))
+    env = dict(os.environ, ASSISTANT_HOME=str(home), ASSISTANT_DOMAINS_DIR=str(domains),
+               ASSISTANT_MAX_MODEL_LEN="1024", ASSISTANT_KV_CACHE_GIB="1")
+    cli = [sys.executable, "-m", "assistant", "new-domain"]
+
+    refused = subprocess.run(cli + ["plant-ops", "--corpus", str(small_corpus), "--train"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and "--qa FILE or --synthetic N" in refused.stderr
+    assert not (domains / "plant-ops").exists()  # refused before anything was written
+
+    proc = subprocess.run(cli + ["plant-ops", "--corpus", str(small_corpus), "--qa", str(qa), "--eval",
+                                 "--max-steps", "2", "--eval-limit", "4"],
+                          env=env, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = domains / "plant-ops"
+    manifest = json.loads((root / "adapter" / "manifest.json").read_text())
+    assert manifest["steps"] == 2 and manifest["domain"] == "plant-ops"
+    assert manifest["eval"]["split"] == "test" and manifest["eval"]["n"] == 4
+    toml = (root / "domain.toml").read_text()
+    assert "calibrated on train" in toml and 'primary_metric = "accuracy"' in toml  # multiple-choice questions
+    report = json.loads((root / "eval" / "plant-ops.json").read_text())
+    assert set(report["answers"]) == {"base", "rag", "lora", "rag+lora"} and report["n"] == 4
+    assert "plant-ops (test, n=4): accuracy: base " in proc.stdout and "nan" not in proc.stdout
