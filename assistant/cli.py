@@ -327,13 +327,23 @@ def new_domain(ctx, name, corpus, qa, synthetic, description, do_train, do_eval,
     if not dom.qa_rows("train"):
         raise _fail(ValueError(f"{name}: no train questions in {root / 'data' / 'qa.jsonl'}; the domain is "
                                f"created and indexed, add Q&A and run: assistant train {name}"))
-    ctx.invoke(train, domain=name, epochs=epochs, max_steps=max_steps)
-    ctx.invoke(calibrate, domain=name)
-    if do_eval:
-        # synthetic domains have no test split (no made-up test data): their dev split is scored instead;
-        # training holds out its own slice of the train split, so dev is unseen; the report names the split
-        split = "test" if dom.qa_rows("test") else "dev"
-        ctx.invoke(eval_command, domain=name, split=split, limit=eval_limit, report_dir=str(root / "eval"))
+    if do_eval and not (dom.qa_rows("test") or dom.qa_rows("dev")):
+        raise _fail(ValueError(f"{name}: --eval needs held-out questions (split 'test' or 'dev' in the Q&A), but all "
+                               f"{len(dom.qa_rows('train'))} are train; {root} is created and indexed"))
+    step = f"assistant train {name}"
+    try:
+        ctx.invoke(train, domain=name, epochs=epochs, max_steps=max_steps)
+        step = f"assistant calibrate {name}"
+        ctx.invoke(calibrate, domain=name)
+        if do_eval:
+            # synthetic domains have no test split (no made-up test data): their dev split is scored instead;
+            # training holds out its own slice of the train split, so dev is unseen; the report names the split
+            split = "test" if dom.qa_rows("test") else "dev"
+            step = f"assistant eval {name} --split {split}"
+            ctx.invoke(eval_command, domain=name, split=split, limit=eval_limit, report_dir=str(root / "eval"))
+    except click.ClickException as exc:
+        raise click.ClickException(f"{exc.format_message()}\n{root} is created and indexed; "
+                                   f"go on from the failed step with: {step}") from exc
 
 
 @main.command("eval")

@@ -150,6 +150,13 @@ def test_one_command_from_documents_to_a_trained_evaluated_domain(prepared, smal
     assert refused.returncode == 2 and "--qa FILE or --synthetic N" in refused.stderr
     assert not (domains / "plant-ops").exists()  # refused before anything was written
 
+    train_only = tmp_path / "train-only.jsonl"
+    train_only.write_text("".join(json.dumps(r) + "\n" for r in rows if r["split"] == "train"))
+    stopped = subprocess.run(cli + ["pumps", "--corpus", str(small_corpus), "--qa", str(train_only), "--eval"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert stopped.returncode == 1 and "--eval needs held-out questions" in stopped.stderr
+    assert (domains / "pumps" / "data" / "qa.jsonl").is_file()  # stopped before training; nothing lost
+
     proc = subprocess.run(cli + ["plant-ops", "--corpus", str(small_corpus), "--qa", str(qa), "--eval",
                                  "--max-steps", "2", "--eval-limit", "4"],
                           env=env, capture_output=True, text=True, timeout=1500)
