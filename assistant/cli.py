@@ -209,12 +209,15 @@ def ask(domain, question, no_rag, no_lora, filters, as_json):
 @click.option("--max-steps", default=0, type=int, help="Stop after N steps (0 = by epochs).")
 @click.option("--lr", default=2e-4, show_default=True, type=float)
 @click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--micro-batch", default=None, type=click.IntRange(min=1),
+              help="Examples per forward pass, accumulated to --batch-size (default: all on CUDA, 2 on CPU).")
 @click.option("--limit", default=0, type=int, help="Use the first N train questions (0 = all).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--out", type=click.Path(), default=None, help="Adapter directory (default: the domain's adapter/).")
 @click.option("--export-data", type=click.Path(), default=None, help="Only write the examples (JSONL) and stop.")
 @click.option("--data", "data_file", type=click.Path(exists=True), default=None, help="Train on exported examples.")
-def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size, limit, seed, out, export_data, data_file):
+def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size, micro_batch, limit, seed, out,
+          export_data, data_file):
     """Train the domain's LoRA adapter on its train split, in the run-time prompt format."""
     from .domains import DomainError, get_domain
     from .models import prepare_base_model
@@ -251,7 +254,7 @@ def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size,
         manifest = train_adapter(examples, base_model, out or dom.adapter_path,
                                  base_model_sha256=base_sha, domain=dom.name, rank=rank,
                                  alpha=alpha, rslora=rslora, epochs=epochs, max_steps=max_steps, lr=lr,
-                                 batch_size=batch_size, seed=seed, qlora=qlora)
+                                 batch_size=batch_size, micro_batch=micro_batch, seed=seed, qlora=qlora)
     except ValueError as exc:
         raise _fail(exc) from exc
     click.echo(json.dumps({k: manifest[k] for k in ("domain", "version", "steps", "wall_time_s", "loss")}, indent=2))
