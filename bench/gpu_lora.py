@@ -25,6 +25,7 @@ usage (GPU host): python -m bench.gpu_lora --out DIR [--phases base,lora] [--req
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -35,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -164,24 +166,16 @@ def phase_env(spec: dict, args) -> dict[str, str | None]:
     return env
 
 
-class EnvPatch:
-    def __init__(self, env: dict[str, str | None]):
-        self.env, self.saved = env, {}
-
-    def __enter__(self):
-        for key, value in self.env.items():
-            self.saved[key] = os.environ.get(key)
+@contextlib.contextmanager
+def patched_environment(env: dict[str, str | None]):
+    """os.environ with `env` applied (None = unset) inside the block, restored after it."""
+    with mock.patch.dict(os.environ):
+        for key, value in env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-
-    def __exit__(self, *exc):
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        yield
 
 
 def make_engine(model: Path, args, spec: dict):
@@ -409,7 +403,7 @@ def main(argv=None):
 
     for spec in specs:
         try:
-            with EnvPatch(phase_env(spec, args)):
+            with patched_environment(phase_env(spec, args)):
                 engine, startup = make_engine(model, args, spec)
         except Exception as exc:  # one configuration that cannot start must not cost the others
             print(f"phase {spec['phase']}: engine failed to start: {exc!r}", flush=True)

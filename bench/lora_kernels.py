@@ -108,14 +108,10 @@ class Projection:
     def lora(self):
         """What PunicaWrapperGPU.add_lora_linear launches: a float32 buffer, shrink, expand."""
         import torch
-        from vllm.lora.ops.triton_ops.lora_expand_op import _lora_expand
-        from vllm.lora.ops.triton_ops.lora_shrink_op import _lora_shrink
 
-        meta = self.meta.meta_args(self.m, self.specialize)
         buffer = torch.empty((len(self.slices), self.m, self.rank), dtype=torch.float32, device="cuda")
-        _lora_shrink(self.x, self.lora_a, buffer, *meta, 1.0)
-        _lora_expand(buffer, self.lora_b, self.y, *meta, offset_start=0, add_inputs=True)
-        return buffer
+        self.shrink_only(buffer)
+        self.expand_only(buffer)
 
     def shrink_only(self, buffer):
         from vllm.lora.ops.triton_ops.lora_shrink_op import _lora_shrink
@@ -131,22 +127,12 @@ class Projection:
 
 def forced_config(op: str, config: dict):
     """Context manager: vLLM's shrink or expand op uses `config` instead of looking one up."""
-    import contextlib
+    from unittest import mock
 
     from vllm.lora.ops.triton_ops import lora_expand_op, lora_shrink_op
 
     module = lora_shrink_op if op == "shrink" else lora_expand_op
-
-    @contextlib.contextmanager
-    def patch():
-        original = module.get_lora_op_configs
-        module.get_lora_op_configs = lambda *a, **k: config
-        try:
-            yield
-        finally:
-            module.get_lora_op_configs = original
-
-    return patch()
+    return mock.patch.object(module, "get_lora_op_configs", lambda *a, **k: config)
 
 
 def grid(space: dict) -> list[dict]:
