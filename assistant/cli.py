@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 
 import click
 
@@ -326,22 +327,22 @@ def new_domain(ctx, name, corpus, qa, synthetic, description, do_train, do_eval,
     if not do_train:
         click.echo(f"next: assistant train {name} && assistant calibrate {name} && assistant eval {name}")
         return
-    dom = load_domain(root)
-    if not dom.qa_rows("train"):
+    splits = Counter(r.get("split") for r in load_domain(root).qa_rows())
+    if not splits["train"]:
         raise _fail(ValueError(f"{name}: no train questions in {root / 'data' / 'qa.jsonl'}; the domain is "
                                f"created and indexed, add Q&A and run: assistant train {name}"))
-    if do_eval and not (dom.qa_rows("test") or dom.qa_rows("dev")):
+    # synthetic domains have no test split (no made-up test data): their dev split is scored instead;
+    # training holds out its own slice of the train split, so dev is unseen; the report names the split
+    split = "test" if splits["test"] else "dev" if splits["dev"] else None
+    if do_eval and not split:
         raise _fail(ValueError(f"{name}: --eval needs held-out questions (split 'test' or 'dev' in the Q&A), but all "
-                               f"{len(dom.qa_rows('train'))} are train; {root} is created and indexed"))
+                               f"{splits['train']} are train; {root} is created and indexed"))
     step = f"assistant train {name}"
     try:
         ctx.invoke(train, domain=name, epochs=epochs, max_steps=max_steps)
         step = f"assistant calibrate {name}"
         ctx.invoke(calibrate, domain=name)
         if do_eval:
-            # synthetic domains have no test split (no made-up test data): their dev split is scored instead;
-            # training holds out its own slice of the train split, so dev is unseen; the report names the split
-            split = "test" if dom.qa_rows("test") else "dev"
             step = f"assistant eval {name} --split {split}"
             ctx.invoke(eval_command, domain=name, split=split, limit=eval_limit, report_dir=str(root / "eval"))
     except click.ClickException as exc:
@@ -397,13 +398,14 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
                                  risk=not no_risk, seed=seed)
             result["adapter_path"] = str(Path(adapter_path).resolve()) if adapter_path else None
             results.append(result)
+            report_md = None
             if not no_report:
                 out_dir = Path(report_dir) if report_dir else Path(__file__).resolve().parents[1] / "eval" / "reports"
-                paths = write_report(result, out_dir, command)
-                click.echo(f"{name}: report {paths['md']}", err=True)
+                report_md = write_report(result, out_dir, command)["md"]
+                click.echo(f"{name}: report {report_md}", err=True)
             scored_split = split == "test" or not platform.domain(name).qa_rows("test")  # no test split: dev
             if not adapter_path and scored_split and "rag+lora" in chosen:
-                _record_eval_in_manifest(platform.domain(name), result)
+                _record_eval_in_manifest(platform.domain(name), result, report_md)
             _print_summary(result)
     except (AdapterError, ValueError) as exc:
         raise _fail(exc) from exc
@@ -419,8 +421,9 @@ def _print_summary(result: dict) -> None:
     click.echo(f"{result['domain']} ({result['split']}, n={result['n']}): {metric}: " + ", ".join(cells))
 
 
-def _record_eval_in_manifest(dom, result: dict) -> None:
-    """The shipped adapter's manifest keeps the scores it reached (issue: adapter manifest)."""
+def _record_eval_in_manifest(dom, result: dict, report_md=None) -> None:
+    """The shipped adapter's manifest keeps the scores it reached (issue: adapter manifest), and where the
+    report is (relative to the checkout when it is inside it)."""
     from .adapter_manifest import read_manifest, write_manifest
 
     if not (dom.adapter_path / "manifest.json").is_file():
@@ -433,8 +436,15 @@ def _record_eval_in_manifest(dom, result: dict) -> None:
                         **{c: v.get(metric) for c, v in result["answers"].items()},
                         "groundedness": result["answers"].get("rag+lora", {}).get("groundedness"),
                         "rag+lora_vs_base": result.get("comparison", {}).get("rag+lora_vs_base"),
-                        "report": f"eval/reports/{dom.name}.md"}
+                        "report": _shown_path(report_md) if report_md else None}
     write_manifest(dom.adapter_path, manifest)
+
+
+def _shown_path(path) -> str:
+    from pathlib import Path
+
+    path, root = Path(path).resolve(), Path(__file__).resolve().parents[1]
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 @main.command()

@@ -165,6 +165,7 @@ def test_one_command_from_documents_to_a_trained_evaluated_domain(prepared, smal
     manifest = json.loads((root / "adapter" / "manifest.json").read_text())
     assert manifest["steps"] == 2 and manifest["domain"] == "plant-ops"
     assert manifest["eval"]["split"] == "test" and manifest["eval"]["n"] == 4
+    assert manifest["eval"]["report"] == str((root / "eval" / "plant-ops.md").resolve())
     toml = (root / "domain.toml").read_text()
     assert "calibrated on train" in toml and 'primary_metric = "accuracy"' in toml  # multiple-choice questions
     report = json.loads((root / "eval" / "plant-ops.json").read_text())
