@@ -13,7 +13,8 @@ A phase is `base` or `lora[N][s][+option...]`: N = max_loras, s = CUDA graphs sp
 active adapters, options `dual` (VLLM_LORA_ENABLE_DUAL_STREAM: LoRA kernels on a second CUDA stream,
 overlapping the base GEMM), `tuned` (VLLM_TUNED_CONFIG_FOLDER=--tuned-configs, written by
 bench/lora_kernels.py --tune), `attn` (adapters on q/k/v/o only, and the engine's LoRA restricted to
-qkv_proj/o_proj with lora_target_modules). --profile adds a torch-profiler
+qkv_proj/o_proj with lora_target_modules), `seg` (ASSISTANT_SEGMENTED_LORA=1: the project's segmented
+LoRA expand kernel, assistant/segmented_lora.py, through the project's vLLM plugin). --profile adds a torch-profiler
 capture of decode steps per phase (256 requests, 5 adapters) and sums GPU kernel time by kind.
 
 A watchdog writes py-spy stack dumps of every process of the run when an engine has not started after
@@ -139,14 +140,14 @@ ROWS = ("none", "1", "5", "16", "100", "rag")
 
 
 def parse_phase(phase: str, default_max_loras: int) -> dict:
-    """`base` or `lora[N][s][+dual][+tuned][+attn][+rows=5.100]` -> settings of one engine (module docstring);
+    """`base` or `lora[N][s][+dual][+tuned][+attn][+seg][+rows=5.100]` -> settings of one engine (module docstring);
     rows= picks this phase's workloads (default: --rows)."""
     name, *options = phase.split("+")
     rows = [o[5:].split(".") for o in options if o.startswith("rows=")]
     options = [o for o in options if not o.startswith("rows=")]
-    unknown = set(options) - {"dual", "tuned", "attn"}
+    unknown = set(options) - {"dual", "tuned", "attn", "seg"}
     if unknown or not (name == "base" or name.startswith("lora")) or (rows and set(rows[0]) - set(ROWS)):
-        raise SystemExit(f"unknown phase {phase!r}: base or lora[N][s][+dual][+tuned][+attn][+rows=5.100...]")
+        raise SystemExit(f"unknown phase {phase!r}: base or lora[N][s][+dual][+tuned][+attn][+seg][+rows=5.100...]")
     lora = name != "base"
     spec = name[4:] if lora else ""
     digits = spec.rstrip("s")
@@ -154,13 +155,15 @@ def parse_phase(phase: str, default_max_loras: int) -> dict:
         raise SystemExit(f"unknown phase {phase!r}")
     return dict(phase=phase, lora=lora, max_loras=(int(digits) if digits else default_max_loras) if lora else None,
                 specialize_active_lora=spec.endswith("s"), dual_stream="dual" in options,
-                tuned_configs="tuned" in options, attention_only="attn" in options, rows=rows[0] if rows else None)
+                tuned_configs="tuned" in options, attention_only="attn" in options, segmented_expand="seg" in options,
+                rows=rows[0] if rows else None)
 
 
 def phase_env(spec: dict, args) -> dict[str, str | None]:
     """Environment of the engine process for this phase (the engine core reads vLLM's env at start)."""
     env = {"VLLM_LORA_ENABLE_DUAL_STREAM": "1" if spec["dual_stream"] else None,
-           "VLLM_TUNED_CONFIG_FOLDER": str(args.tuned_configs) if spec["tuned_configs"] else None}
+           "VLLM_TUNED_CONFIG_FOLDER": str(args.tuned_configs) if spec["tuned_configs"] else None,
+           "ASSISTANT_SEGMENTED_LORA": "1" if spec["segmented_expand"] else None}
     if spec["tuned_configs"] and not (args.tuned_configs and any(Path(args.tuned_configs).glob("*.json"))):
         raise RuntimeError(f"phase {spec['phase']} needs --tuned-configs DIR (bench/lora_kernels.py --tune writes it)")
     return env
@@ -317,7 +320,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--phases", default="base,lora",
-                    help="comma-separated: base, lora[N][s][+dual][+tuned][+attn][+rows=5.100]")
+                    help="comma-separated: base, lora[N][s][+dual][+tuned][+attn][+seg][+rows=5.100]")
     ap.add_argument("--rows", default=",".join(ROWS), help="workloads of the LoRA phases: " + ",".join(ROWS))
     ap.add_argument("--requests", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3, help="measured batches per workload (median reported)")
@@ -414,7 +417,7 @@ def main(argv=None):
                                          "flashinfer_sampler": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "1")})
         save()
         meta = {k: spec[k] for k in ("phase", "max_loras", "specialize_active_lora", "dual_stream", "tuned_configs",
-                                     "attention_only")}
+                                     "attention_only", "segmented_expand")}
         try:
             if not spec["lora"]:
                 result["rows"].append(run(engine, "base (LoRA disabled)", prompts("base"), [None] * n, args.gen,

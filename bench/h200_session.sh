@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One H200 session: vLLM 0.26 + the base model arrive as parts in /tmp/parts/1..N (one `run` per part,
 # see README "GPU"); this script assembles them, then:
-#   setup           unpack, install the wheels into /tmp/site
+#   setup           unpack, install the wheels into /tmp/site, register the project's vLLM plugin
+#                   (an entry point in /tmp/site: the project itself is on PYTHONPATH, not pip-installed)
 #   train           rank study: LoRA ranks 1, 2, 16 on healthcare and manufacturing (same data and
 #                   hyperparameters as the shipped rank-8 adapters), in parallel; adapters tarred into $OUT
 #   bench-start     bench/gpu_lora.py in the background (setsid: it outlives this call while the machine is warm)
@@ -21,6 +22,10 @@ for step in "$@"; do
       t=$SECONDS
       mkdir -p /tmp/gb && cat $(ls /tmp/parts/* | sort -t/ -k4 -n) | tar xf - -C /tmp/gb || exit 1
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/gb/wheels/*.whl || exit 1
+      plugin=/tmp/site/domain_assistant_plugin-0.dist-info
+      mkdir -p $plugin
+      printf 'Metadata-Version: 2.1\nName: domain-assistant-plugin\nVersion: 0\n' > $plugin/METADATA
+      printf '[vllm.general_plugins]\nassistant_lora_fix = assistant.vllm_plugin:register\n' > $plugin/entry_points.txt
       python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       echo "setup took $((SECONDS - t)) s" ;;

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+from types import SimpleNamespace
 
 import pytest
 
-from bench.gpu_lora import kernel_kind, parse_phase, summarise_trace
+from bench.gpu_lora import kernel_kind, parse_phase, phase_env, summarise_trace
 from bench.lora_kernels import config_files, nested_set
 
 
@@ -44,10 +45,16 @@ def test_tuned_config_files_are_read_by_vllm(tmp_path, monkeypatch):
 
 def test_phase_grammar():
     assert parse_phase("base", 16) == dict(phase="base", lora=False, max_loras=None, specialize_active_lora=False,
-                                         dual_stream=False, tuned_configs=False, attention_only=False, rows=None)
+                                         dual_stream=False, tuned_configs=False, attention_only=False,
+                                         segmented_expand=False, rows=None)
     spec = parse_phase("lora8s+tuned+attn+rows=5.100", 16)
     assert (spec["max_loras"], spec["specialize_active_lora"], spec["tuned_configs"], spec["attention_only"],
-            spec["dual_stream"], spec["rows"]) == (8, True, True, True, False, ["5", "100"])
+            spec["dual_stream"], spec["segmented_expand"], spec["rows"]) == (8, True, True, True, False, False,
+                                                                            ["5", "100"])
+    seg = parse_phase("lora100+seg", 16)
+    assert seg["segmented_expand"] and seg["max_loras"] == 100
+    assert phase_env(seg, SimpleNamespace(tuned_configs=None))["ASSISTANT_SEGMENTED_LORA"] == "1"
+    assert phase_env(spec | {"tuned_configs": False}, SimpleNamespace(tuned_configs=None))["ASSISTANT_SEGMENTED_LORA"] is None
     assert parse_phase("lora", 16)["max_loras"] == 16
     for bad in ("lorax", "lora16+fast", "lora16+rows=7", "gpu"):
         with pytest.raises(SystemExit):

@@ -1,0 +1,183 @@
+"""A segmented LoRA expand kernel for vLLM's GPU punica path (opt-in: ASSISTANT_SEGMENTED_LORA=1).
+
+Why: the H200 profile (README, GPU section) puts most of the multi-LoRA cost in vLLM 0.26's
+`lora_expand` Triton kernel. Its grid is (M blocks x N blocks) x slices x LoRA slots: every slot
+(max_loras + 1 of them, or the active count with `specialize_active_lora`) gets a program for every
+block of the WHOLE batch, and the programs past the slot's own token count exit at once. With 5
+adapters sharing a 2,048-token chunk, each slot has ~410 tokens, so ~94% of the programs launched for
+max_loras 16 do nothing; with max_loras 100 it is ~99%. vLLM's own source marks this ("maximizes
+parallelization at the cost of wasteful thread block launch").
+
+This kernel launches programs over the tiles of each slot's own segment of the token list sorted by
+slot (the SGMV idea of Punica, Chen et al. 2023): at most cdiv(M, BLOCK_M) + slots tiles per N block,
+found from the per-slot token counts vLLM already keeps on the GPU (one vector load and a cumsum
+per program). It takes the same
+arguments as vLLM's `lora_expand` (the metadata of `LoRAKernelMeta.meta_args`), so it can replace it
+in `vllm.lora.punica_wrapper.punica_gpu` (see `install`). `segmented=False` runs vLLM's grid with the
+same inner loop, which is how bench/lora_expand_grid.py isolates the effect of the grid.
+
+Written for this project after vLLM's `_lora_expand_kernel` (Apache-2.0, vLLM contributors): same
+inputs and semantics, different grid; accumulation and the add to the output are in float32.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+logger = logging.getLogger(__name__)
+
+ENV_FLAG = "ASSISTANT_SEGMENTED_LORA"
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU installs without Triton: the kernel is simply unavailable
+    triton = tl = None
+
+if triton is not None:
+
+    @triton.jit
+    def _expand_kernel(x_ptr, w_ptr, out_ptr, sorted_tokens_ptr, tokens_per_slot_ptr, slot_start_ptr,
+                       lora_ids_ptr, num_slots, N, K,
+                       x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k, out_stride_m, out_col0,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       ADD_INPUTS: tl.constexpr, SEGMENTED: tl.constexpr, SLOTS_P2: tl.constexpr):
+        pid_t = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        if SEGMENTED:
+            # tile pid_t of the concatenated per-slot segments, each padded to BLOCK_M rows: the slot is
+            # found from all slots' tile counts at once (one vector load, a cumsum), not a serial scan
+            offs = tl.arange(0, SLOTS_P2)
+            ok = offs < num_slots
+            lid = tl.load(lora_ids_ptr + offs, mask=ok, other=-1)
+            cnt = tl.load(tokens_per_slot_ptr + offs, mask=ok, other=0)
+            tiles = tl.where(lid == -1, 0, tl.cdiv(cnt, BLOCK_M))
+            ends = tl.cumsum(tiles, 0)
+            slot = tl.sum((ends <= pid_t).to(tl.int32), 0)
+            first = tl.sum(tl.where(offs < slot, tiles, 0), 0)
+            m_off = (pid_t - first) * BLOCK_M
+        else:
+            # vLLM's grid: one program per (slot, block of the whole batch)
+            slot = tl.program_id(2)
+            m_off = pid_t * BLOCK_M
+        if slot >= num_slots:
+            return
+        lora_id = tl.load(lora_ids_ptr + slot)
+        count = tl.load(tokens_per_slot_ptr + slot)
+        if (lora_id == -1) | (m_off >= count):
+            return
+        start = tl.load(slot_start_ptr + slot)
+        offs_m = tl.arange(0, BLOCK_M)
+        row_ok = offs_m < count - m_off
+        rows = tl.load(sorted_tokens_ptr + start + m_off + offs_m, mask=row_ok, other=0)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            a = tl.load(x_ptr + rows[:, None] * x_stride_m + offs_k[None, :] * x_stride_k,
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + lora_id * w_stride_l + offs_n[None, :] * w_stride_n + offs_k[:, None] * w_stride_k,
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += tl.dot(a.to(b.dtype), b)
+        out = out_ptr + rows[:, None] * out_stride_m + (out_col0 + offs_n)[None, :]
+        mask = row_ok[:, None] & col_ok[None, :]
+        if ADD_INPUTS:
+            acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def token_metadata(mapping, max_loras: int) -> tuple:
+    """The metadata vLLM's LoRAKernelMeta.prepare_tensors builds from a token -> slot mapping (-1: no
+    adapter), for tests and benchmarks: (sorted token indices, tokens per slot, segment starts, slot ids)."""
+    import torch
+
+    dev = mapping.device
+    ids, counts = torch.unique(mapping, sorted=True, return_counts=True)
+    lora_ids = torch.full((max_loras + 1,), -1, dtype=torch.int32, device=dev)
+    lora_ids[: len(ids)] = ids
+    per_slot = torch.zeros(max_loras + 1, dtype=torch.int32, device=dev)
+    per_slot[: len(ids)] = counts
+    starts = torch.zeros(max_loras + 2, dtype=torch.int32, device=dev)
+    starts[1: 1 + len(ids)] = torch.cumsum(counts, 0)
+    order = torch.sort(mapping, stable=True)[1].to(torch.int32)
+    return order, per_slot, starts, lora_ids
+
+
+def default_config(m: int, n: int) -> dict:
+    """Tile sizes by tokens per step, from the H200 search (bench/results/lora_expand_grid_h200.json):
+    32 x 128 at decode batch 256 and for most of a 2,048-token chunk, 64 rows for gate_up's wide output."""
+    block_m = 16 if m <= 64 else 64 if m > 512 and n >= 8192 else 32
+    return dict(block_m=block_m, block_n=128, block_k=16, num_warps=4, num_stages=2)
+
+
+def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                offset_start: int = 0, add_inputs: bool = False, *, segmented: bool = True,
+                config: dict | None = None) -> None:
+    """output[:, offset_start + slice columns] (+)= inputs[slice] @ lora_b[slot of each token].T, per slice.
+
+    Same arguments as vLLM's `lora_expand`: inputs [slices, M, rank] (float32 buffer of the shrink op),
+    lora_b_weights one [max_loras, (1,) N_slice, rank] tensor per slice, output [M, columns], and the
+    kernel metadata of LoRAKernelMeta (token indices sorted by slot, tokens per slot, segment starts,
+    slot ids with -1 for "no adapter", a CPU flag for "no adapter anywhere", and a CPU count of slots
+    to scan, which vLLM sets to max_loras + 1 or the active count)."""
+    if bool(no_lora_flag_cpu.item()):
+        return
+    m = inputs.size(1)
+    slots = int(num_active_loras.item())  # a CPU tensor: no device sync
+    column = offset_start
+    for s, weight in enumerate(lora_b_weights):
+        n, k = weight.shape[-2], weight.shape[-1]
+        cfg = config or default_config(m, n)
+        m_tiles = triton.cdiv(m, cfg["block_m"])
+        n_tiles = triton.cdiv(n, cfg["block_n"])
+        grid = (m_tiles + slots, n_tiles, 1) if segmented else (m_tiles, n_tiles, slots)
+        x = inputs[s]
+        _expand_kernel[grid](
+            x, weight, output_tensor, token_indices_sorted_by_lora_ids, num_tokens_per_lora, lora_token_start_loc,
+            lora_ids, slots, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(-2), weight.stride(-1),
+            output_tensor.stride(0), column,
+            BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], ADD_INPUTS=add_inputs,
+            SEGMENTED=segmented, SLOTS_P2=max(16, triton.next_power_of_2(slots)), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        column += n
+
+
+def install() -> bool:
+    """Route vLLM's GPU punica wrapper to the segmented kernel (a registered custom op, so that
+    torch.compile keeps it opaque like vLLM's own). Called by the project's vLLM plugin in every vLLM
+    process; does nothing unless ASSISTANT_SEGMENTED_LORA=1 on a CUDA machine. Returns whether it did."""
+    if os.environ.get(ENV_FLAG, "0") != "1":
+        return False
+    import torch
+
+    if triton is None or not torch.cuda.is_available():
+        logger.warning("%s=1 ignored: the segmented LoRA kernel needs CUDA and Triton", ENV_FLAG)
+        return False
+    from vllm.logger import init_logger
+    from vllm.lora.punica_wrapper import punica_gpu
+    from vllm.utils.torch_utils import direct_register_custom_op
+
+    def op(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
+           token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
+           num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
+           no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, offset_start: int = 0,
+           add_inputs: bool = False) -> None:
+        lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                    num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                    offset_start, add_inputs)
+
+    def fake(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
+             token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
+             num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
+             no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, offset_start: int = 0,
+             add_inputs: bool = False) -> None:
+        return None
+
+    if not hasattr(torch.ops.vllm, "assistant_segmented_lora_expand"):
+        direct_register_custom_op(op_name="assistant_segmented_lora_expand", op_func=op,
+                                  mutates_args=["output_tensor"], fake_impl=fake)
+    punica_gpu.lora_expand = torch.ops.vllm.assistant_segmented_lora_expand
+    init_logger(__name__).info("LoRA expand: the project's segmented kernel (%s=1)", ENV_FLAG)
+    return True

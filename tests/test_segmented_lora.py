@@ -1,0 +1,100 @@
+"""The segmented LoRA expand kernel (assistant/segmented_lora.py) computes what vLLM's lora_expand computes.
+
+The kernel is Triton; CI has no GPU, so it runs under Triton's CPU interpreter (TRITON_INTERPRET=1, set
+before Triton compiles anything, hence a subprocess) in float32 (the interpreter has no bfloat16). The
+reference is a per-token float32 loop. Both grids (segmented, and vLLM's per-slot grid with the same inner
+loop) are checked: tokens without an adapter (-1), slots with several tiles, slices of different widths
+(GQA qkv), an output column offset, add_inputs on and off, and the slot count vLLM passes with and
+without specialize_active_lora. GPU timings: bench/lora_expand_grid.py, README (GPU section).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHECK = textwrap.dedent("""
+    import itertools, torch
+    from assistant.segmented_lora import lora_expand, token_metadata
+
+    def reference(x, ws, out, mapping, offset, add):
+        ref = out.clone() if add else torch.zeros_like(out)
+        if not add:  # columns outside the slices keep their values, as in vLLM
+            ref[:, :offset] = out[:, :offset]
+            ref[:, offset + sum(w.shape[-2] for w in ws):] = out[:, offset + sum(w.shape[-2] for w in ws):]
+        col = offset
+        for s, w in enumerate(ws):
+            n = w.shape[-2]
+            for t in range(out.shape[0]):
+                slot = int(mapping[t])
+                if slot >= 0:
+                    delta = x[s, t] @ w[slot].reshape(n, -1).T
+                    ref[t, col:col + n] = (ref[t, col:col + n] if add else 0) + delta
+                elif not add:
+                    ref[t, col:col + n] = out[t, col:col + n]
+            col += n
+        return ref
+
+    torch.manual_seed(0)
+    max_loras, rank, m = 6, 8, 70
+    cfg = dict(block_m=16, block_n=16, block_k=16, num_warps=4, num_stages=2)
+    mappings = {"mixed": torch.randint(-1, 4, (m,), dtype=torch.int32),          # some tokens without adapter
+                "one slot": torch.full((m,), 5, dtype=torch.int32),              # 5 tiles of one slot
+                "runs": torch.tensor([i // 9 % 6 for i in range(m)], dtype=torch.int32)}
+    for (name, mapping), (slices, offset), add, segmented in itertools.product(
+            mappings.items(), [((48, 16, 16), 3), ((40,), 0)], (True, False), (True, False)):
+        x = torch.randn(len(slices), m, rank)
+        ws = [torch.randn(max_loras, 1, n, rank) for n in slices]
+        out = torch.randn(m, offset + sum(slices) + 5)
+        ref = reference(x, ws, out, mapping, offset, add)
+        meta = token_metadata(mapping, max_loras)
+        active = int((meta[3] != -1).sum()) + int((mapping == -1).any())
+        for slots in sorted({max_loras + 1, active}):  # vLLM: max_loras + 1, or the active count when specialised
+            got = out.clone()
+            lora_expand(x, ws, got, mapping, *meta, torch.tensor([False]), torch.tensor([slots]),
+                        offset_start=offset, add_inputs=add, segmented=segmented, config=cfg)
+            err = float((got - ref).abs().max())
+            assert err < 1e-4, (name, slices, add, segmented, slots, err)
+    # no adapter anywhere: vLLM's CPU flag says so and the output is left alone
+    mapping = torch.full((m,), -1, dtype=torch.int32)
+    out = torch.randn(m, 40)
+    got = out.clone()
+    lora_expand(torch.randn(1, m, rank), [torch.randn(max_loras, 1, 40, rank)], got, mapping,
+                *token_metadata(mapping, max_loras), torch.tensor([True]), torch.tensor([max_loras + 1]),
+                add_inputs=False, config=cfg)
+    assert torch.equal(got, out)
+    print("ok")
+""")
+
+
+def test_segmented_expand_matches_reference_under_the_triton_interpreter():
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_install_is_opt_in_and_needs_cuda(monkeypatch):
+    from assistant import segmented_lora
+
+    monkeypatch.delenv(segmented_lora.ENV_FLAG, raising=False)
+    assert segmented_lora.install() is False
+    monkeypatch.setenv(segmented_lora.ENV_FLAG, "1")
+    import torch
+
+    if not torch.cuda.is_available():  # CI: asked for, but no GPU -> refused with a warning, vLLM untouched
+        assert segmented_lora.install() is False
+
+
+def test_default_tiles_follow_tokens_per_step():
+    from assistant.segmented_lora import default_config
+
+    assert default_config(16, 4096)["block_m"] == 16
+    assert default_config(256, 4096)["block_m"] == 32
+    assert default_config(2048, 4096)["block_m"] == 32
+    assert default_config(2048, 14336) == dict(block_m=64, block_n=128, block_k=16, num_warps=4, num_stages=2)
