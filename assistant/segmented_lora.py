@@ -19,7 +19,6 @@ same inner loop, which is how bench/lora_expand_grid.py isolates the effect of t
 Written for this project after vLLM's `_lora_expand_kernel` (Apache-2.0, vLLM contributors): same
 inputs and semantics, different grid; accumulation and the add to the output are in float32.
 """
-from __future__ import annotations
 
 import logging
 import os
@@ -146,7 +145,8 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
 
 def install() -> bool:
     """Route vLLM's GPU punica wrapper to the segmented kernel (a registered custom op, so that
-    torch.compile keeps it opaque like vLLM's own). Called by the project's vLLM plugin in every vLLM
+    torch.compile keeps it opaque like vLLM's own; the op's schema is read from the annotations below,
+    so this module must not use `from __future__ import annotations`). Called by the project's vLLM plugin in every vLLM
     process; does nothing unless ASSISTANT_SEGMENTED_LORA=1 on a CUDA machine. Returns whether it did."""
     if os.environ.get(ENV_FLAG, "0") != "1":
         return False
@@ -158,6 +158,10 @@ def install() -> bool:
     from vllm.logger import init_logger
     from vllm.lora.punica_wrapper import punica_gpu
     from vllm.utils.torch_utils import direct_register_custom_op
+
+    if not hasattr(punica_gpu, "lora_expand"):  # a vLLM whose GPU wrapper no longer calls it by that name
+        logger.warning("%s=1 ignored: vllm.lora.punica_wrapper.punica_gpu has no lora_expand", ENV_FLAG)
+        return False
 
     def op(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
            token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,

