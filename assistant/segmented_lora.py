@@ -10,11 +10,11 @@ parallelization at the cost of wasteful thread block launch").
 
 This kernel launches programs over the tiles of each slot's own segment of the token list sorted by
 slot (the SGMV idea of Punica, Chen et al. 2023): at most cdiv(M, BLOCK_M) + slots tiles per N block,
-found from the per-slot token counts vLLM already keeps on the GPU (one vector load and a cumsum
-per program). It takes the same
-arguments as vLLM's `lora_expand` (the metadata of `LoRAKernelMeta.meta_args`), so it can replace it
-in `vllm.lora.punica_wrapper.punica_gpu` (see `install`). `segmented=False` runs vLLM's grid with the
-same inner loop, which is how bench/lora_expand_grid.py isolates the effect of the grid.
+each program finding its slot from the per-slot token counts vLLM already keeps on the GPU (one vector
+load and a cumsum). It takes the same arguments as vLLM's `lora_expand` (the metadata of
+`LoRAKernelMeta.meta_args`), so it can replace it in `vllm.lora.punica_wrapper.punica_gpu` (see
+`install`). `segmented=False` runs vLLM's grid with the same inner loop, which is how
+bench/lora_expand_grid.py isolates the effect of the grid.
 
 Written for this project after vLLM's `_lora_expand_kernel` (Apache-2.0, vLLM contributors): same
 inputs and semantics, different grid; accumulation and the add to the output are in float32.

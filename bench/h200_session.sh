@@ -7,6 +7,7 @@
 #                   hyperparameters as the shipped rank-8 adapters), in parallel; adapters tarred into $OUT
 #   bench-start     bench/gpu_lora.py in the background (setsid: it outlives this call while the machine is warm)
 #   kernels-bench-start  bench/lora_kernels.py --tune, then bench/gpu_lora.py with its tuned configs, in the background
+#   expand-grid     bench/lora_expand_grid.py (the project's segmented LoRA expand vs vLLM's grid), JSON to $OUT
 #   wait S          print the bench log for up to S seconds; copy results and stack dumps to $OUT
 set -uo pipefail
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
@@ -52,6 +53,8 @@ for step in "$@"; do
         python3 -m bench.gpu_lora --out /tmp/bench --tuned-configs /tmp/bench/kernels/tuned_configs ${BENCH_ARGS:-} > /tmp/bench/log 2>&1" \
         < /dev/null > /dev/null 2>&1 &
       echo "kernels + bench started: pid $!" ;;
+    expand-grid)
+      python3 -m bench.lora_expand_grid --out "$OUT" 2>&1 | grep -v Warning ;;
     wait)
       : ;;
     [0-9]*)
