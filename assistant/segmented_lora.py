@@ -104,6 +104,25 @@ def token_metadata(mapping, max_loras: int) -> tuple:
     return order, per_slot, starts, lora_ids
 
 
+def reference_expand(inputs, lora_b_weights, output, mapping, offset_start: int = 0, add_inputs: bool = False):
+    """What lora_expand computes, in float32 PyTorch, for tests and benchmarks: the slice columns of tokens
+    with a slot get inputs @ lora_b.T (added to the output with add_inputs); tokens with slot -1 and the
+    columns outside the slices keep their values. Returns a new float32 tensor."""
+    import torch
+
+    ref = output.float().clone()
+    rows = mapping >= 0
+    slots = mapping[rows].long()
+    column = offset_start
+    for s, weight in enumerate(lora_b_weights):
+        n = weight.shape[-2]
+        w = weight.reshape(weight.shape[0], n, -1).float()
+        delta = torch.einsum("mr,mnr->mn", inputs[s][rows].float(), w[slots])
+        ref[rows, column:column + n] = delta + (ref[rows, column:column + n] if add_inputs else 0)
+        column += n
+    return ref
+
+
 def default_config(m: int, n: int) -> dict:
     """Tile sizes by tokens per step, from the H200 search (bench/results/lora_expand_grid_h200.json):
     32 x 128 at decode batch 256 and for most of a 2,048-token chunk, 64 rows for gate_up's wide output."""
@@ -139,15 +158,17 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
             lora_ids, slots, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(-2), weight.stride(-1),
             output_tensor.stride(0), column,
             BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], ADD_INPUTS=add_inputs,
-            SEGMENTED=segmented, SLOTS_P2=max(16, triton.next_power_of_2(slots)), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+            SEGMENTED=segmented, SLOTS_P2=max(16, triton.next_power_of_2(slots)), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
         column += n
 
 
 def install() -> bool:
     """Route vLLM's GPU punica wrapper to the segmented kernel (a registered custom op, so that
     torch.compile keeps it opaque like vLLM's own; the op's schema is read from the annotations below,
-    so this module must not use `from __future__ import annotations`). Called by the project's vLLM plugin in every vLLM
-    process; does nothing unless ASSISTANT_SEGMENTED_LORA=1 on a CUDA machine. Returns whether it did."""
+    so this module must not use `from __future__ import annotations`). Called by the project's vLLM
+    plugin in every vLLM process; does nothing unless ASSISTANT_SEGMENTED_LORA=1 on a CUDA machine.
+    Returns whether it did."""
     if os.environ.get(ENV_FLAG, "0") != "1":
         return False
     import torch

@@ -1,9 +1,9 @@
 """The segmented LoRA expand kernel (assistant/segmented_lora.py) computes what vLLM's lora_expand computes.
 
 The kernel is Triton; CI has no GPU, so it runs under Triton's CPU interpreter (TRITON_INTERPRET=1, set
-before Triton compiles anything, hence a subprocess) in float32 (the interpreter has no bfloat16). The
-reference is a per-token float32 loop. Both grids (segmented, and vLLM's per-slot grid with the same inner
-loop) are checked: tokens without an adapter (-1), slots with several tiles, slices of different widths
+before Triton compiles anything, hence a subprocess) in float32 (the interpreter has no bfloat16),
+against `reference_expand` (float32 PyTorch). Both grids (segmented, and vLLM's per-slot grid with the
+same inner loop) are checked: tokens without an adapter (-1), slots with several tiles, slices of different widths
 (GQA qkv), an output column offset, add_inputs on and off, and the slot count vLLM passes with and
 without specialize_active_lora. GPU timings: bench/lora_expand_grid.py, README (GPU section).
 """
@@ -19,25 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = textwrap.dedent("""
     import itertools, torch
-    from assistant.segmented_lora import lora_expand, token_metadata
-
-    def reference(x, ws, out, mapping, offset, add):
-        ref = out.clone() if add else torch.zeros_like(out)
-        if not add:  # columns outside the slices keep their values, as in vLLM
-            ref[:, :offset] = out[:, :offset]
-            ref[:, offset + sum(w.shape[-2] for w in ws):] = out[:, offset + sum(w.shape[-2] for w in ws):]
-        col = offset
-        for s, w in enumerate(ws):
-            n = w.shape[-2]
-            for t in range(out.shape[0]):
-                slot = int(mapping[t])
-                if slot >= 0:
-                    delta = x[s, t] @ w[slot].reshape(n, -1).T
-                    ref[t, col:col + n] = (ref[t, col:col + n] if add else 0) + delta
-                elif not add:
-                    ref[t, col:col + n] = out[t, col:col + n]
-            col += n
-        return ref
+    from assistant.segmented_lora import lora_expand, reference_expand, token_metadata
 
     torch.manual_seed(0)
     max_loras, rank, m = 6, 8, 70
@@ -50,7 +32,7 @@ CHECK = textwrap.dedent("""
         x = torch.randn(len(slices), m, rank)
         ws = [torch.randn(max_loras, 1, n, rank) for n in slices]
         out = torch.randn(m, offset + sum(slices) + 5)
-        ref = reference(x, ws, out, mapping, offset, add)
+        ref = reference_expand(x, ws, out, mapping, offset, add)
         meta = token_metadata(mapping, max_loras)
         active = int((meta[3] != -1).sum()) + int((mapping == -1).any())
         for slots in sorted({max_loras + 1, active}):  # vLLM: max_loras + 1, or the active count when specialised
@@ -86,15 +68,10 @@ PLUGIN = textwrap.dedent("""
     m, r, slots = 40, 8, 4
     mapping = torch.tensor([i % 3 - (i % 7 == 0) for i in range(m)], dtype=torch.int32)
     x, ws = torch.randn(2, m, r), [torch.randn(slots, 1, 24, r), torch.randn(slots, 1, 16, r)]
-    out, ref = torch.zeros(m, 40), torch.zeros(m, 40)
+    out = torch.randn(m, 40)
+    ref = segmented_lora.reference_expand(x, ws, out, mapping, 0, True)
     punica_gpu.lora_expand(x, ws, out, mapping, *segmented_lora.token_metadata(mapping, slots),
                            torch.tensor([False]), torch.tensor([slots + 1]), 0, True)
-    col = 0
-    for s, w in enumerate(ws):
-        for t in range(m):
-            if mapping[t] >= 0:
-                ref[t, col:col + w.shape[-2]] += x[s, t] @ w[mapping[t], 0].T
-        col += w.shape[-2]
     assert float((out - ref).abs().max()) < 1e-4
     print("ok")
 """)
