@@ -1,5 +1,5 @@
 """Domain assistant platform: one base LLM, one vLLM engine, a LoRA adapter and a Qdrant index per domain."""
-from .config import Settings  # noqa: F401  (also sets the offline environment variables)
+from assistant.config import Settings  # noqa: F401  (also sets the offline environment variables)
 
 __version__ = "0.1.0"
 __all__ = ["Answer", "Citation", "Platform", "Settings"]
@@ -7,6 +7,6 @@ __all__ = ["Answer", "Citation", "Platform", "Settings"]
 
 def __getattr__(name):  # lazy: `assistant --help` must not pay for torch and vLLM imports
     if name in ("Platform", "Answer", "Citation"):
-        from . import platform
+        from assistant import platform
         return getattr(platform, name)
     raise AttributeError(name)

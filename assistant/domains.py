@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Settings
+from assistant.config import Settings
 
 
 class DomainError(ValueError):

@@ -12,11 +12,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from .config import Settings
-from .domains import Domain, DomainError, get_domain, list_domains
-from .engine import GenerationRequest, GenerationResult
-from .prompting import PromptPassage, build_messages, parse_citations
-from .redaction import redact
+from assistant.config import Settings
+from assistant.domains import Domain, DomainError, get_domain, list_domains
+from assistant.serving.engine import GenerationRequest, GenerationResult
+from assistant.prompting import PromptPassage, build_messages, parse_citations
+from assistant.redaction import redact
 
 MAX_QUESTION_CHARS = Settings.max_question_chars  # default; a Platform uses its settings' value
 _IDK = re.compile(r"\b(do not know|don't know|cannot answer|can't answer|not enough information|no information)\b",
@@ -79,8 +79,8 @@ class Platform:
         from indexing.embedder import Embedder
         from indexing.store import open_store
 
-        from .indexer import index_domain
-        from .models import prepare
+        from assistant.building.indexer import index_domain
+        from assistant.serving.models import prepare
 
         settings = settings or Settings.load()
         owns_engine = engine is None
@@ -258,12 +258,12 @@ class Platform:
         another base model or vLLM cannot serve it; the old version keeps serving in that case."""
         from pathlib import Path
 
-        from .adapter_manifest import check_adapter
+        from assistant.serving.adapter_manifest import check_adapter
 
         dom = self.domain(domain)
         path = Path(path).expanduser().resolve() if path else dom.adapter_path
         if not path.is_dir():
-            from .adapters import AdapterError
+            from assistant.serving.adapters import AdapterError
             raise AdapterError(f"adapter directory {path} does not exist")
         if self.base_model_sha256:
             check_adapter(path, self.base_model_sha256)
@@ -282,7 +282,7 @@ class Platform:
 def make_engine(settings: Settings, base_model):
     """In-process vLLM by default; a remote vLLM OpenAI server when `vllm_url` is set."""
     if settings.vllm_url:
-        from .remote_engine import RemoteEngine
+        from assistant.serving.remote_engine import RemoteEngine
         return RemoteEngine(settings.vllm_url, base_model, settings)
-    from .engine import Engine
+    from assistant.serving.engine import Engine
     return Engine(base_model, settings)

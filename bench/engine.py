@@ -36,8 +36,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from assistant.config import Settings
-    from assistant.engine import Engine, GenerationRequest
-    from assistant.models import prepare
+    from assistant.serving.engine import Engine, GenerationRequest
+    from assistant.serving.models import prepare
     from helpers.lora import make_random_adapter
 
     settings = Settings.load(max_loras=N_ADAPTERS, max_model_len=1024)

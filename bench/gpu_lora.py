@@ -14,7 +14,7 @@ active adapters, options `dual` (VLLM_LORA_ENABLE_DUAL_STREAM: LoRA kernels on a
 overlapping the base GEMM), `tuned` (VLLM_TUNED_CONFIG_FOLDER=--tuned-configs, written by
 bench/lora_kernels.py --tune), `attn` (adapters on q/k/v/o only, and the engine's LoRA restricted to
 qkv_proj/o_proj with lora_target_modules), `seg` (ASSISTANT_SEGMENTED_LORA=1: the project's segmented
-LoRA expand kernel, assistant/segmented_lora.py, through the project's vLLM plugin). --profile adds a torch-profiler
+LoRA expand kernel, assistant/serving/segmented_lora.py, through the project's vLLM plugin). --profile adds a torch-profiler
 capture of decode steps per phase (256 requests, 5 adapters) and sums GPU kernel time by kind.
 
 A watchdog writes py-spy stack dumps of every process of the run when an engine has not started after
@@ -183,7 +183,7 @@ def patched_environment(env: dict[str, str | None]):
 
 def make_engine(model: Path, args, spec: dict):
     from assistant.config import Settings
-    from assistant.engine import Engine
+    from assistant.serving.engine import Engine
 
     max_loras = spec["max_loras"] or 1
     settings = Settings(max_model_len=args.max_model_len, max_loras=max_loras, max_lora_rank=args.rank,
@@ -264,7 +264,7 @@ def summarise_trace(folder: Path, steps: int) -> dict | None:
 def profile_run(engine, args, spec: dict, prompts, adapters) -> dict | None:
     """Decode steps under the torch profiler: the worker starts it after --profile-delay steps (the
     prefill of these 256 requests), keeps it for --profile-steps steps, then writes the trace."""
-    from assistant.engine import GenerationRequest
+    from assistant.serving.engine import GenerationRequest
 
     folder = profile_dir(args, spec)
     shutil.rmtree(folder, ignore_errors=True)
@@ -285,7 +285,7 @@ def run(engine, label: str, prompt_sets, adapters: list[str | None], gen: int, *
         warmup: int = 256, **meta) -> dict:
     """Output tokens/s of one workload: `repeat` measured batches, each on fresh prompts (prompt_sets(i)),
     median reported; TTFT percentiles of the median batch."""
-    from assistant.engine import GenerationRequest
+    from assistant.serving.engine import GenerationRequest
 
     def requests(ps, ads, tokens=gen):
         return [GenerationRequest(prompt_token_ids=p, adapter=a, max_tokens=tokens, ignore_eos=True)

@@ -26,7 +26,7 @@ for step in "$@"; do
       plugin=/tmp/site/domain_assistant_plugin-0.dist-info
       mkdir -p $plugin
       printf 'Metadata-Version: 2.1\nName: domain-assistant-plugin\nVersion: 0\n' > $plugin/METADATA
-      printf '[vllm.general_plugins]\nassistant_lora_fix = assistant.vllm_plugin:register\n' > $plugin/entry_points.txt
+      printf '[vllm.general_plugins]\nassistant_lora_fix = assistant.serving.vllm_plugin:register\n' > $plugin/entry_points.txt
       python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
       nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
       echo "setup took $((SECONDS - t)) s" ;;

@@ -1,6 +1,6 @@
 """Does the grid of vLLM's LoRA expand kernel explain its cost? Segmented grid vs vLLM's grid, same inner loop.
 
-assistant/segmented_lora.py runs one Triton expand kernel with two grids: vLLM 0.26's (a program per
+assistant/serving/segmented_lora.py runs one Triton expand kernel with two grids: vLLM 0.26's (a program per
 LoRA slot x block of the whole batch; most exit at once) and a segmented one (programs only over the
 blocks of each slot's own tokens). Timed inside CUDA graphs at the Llama-3-8B projections for decode
 batch 256 and a 2,048-token prefill chunk, 1/5/16 active adapters, max_loras 16 and 100 (17 and 101
@@ -36,7 +36,7 @@ class Case:
     def __init__(self, name: str, m: int, rank: int, slots: int, active: int):
         import torch
 
-        from assistant.segmented_lora import token_metadata
+        from assistant.serving.segmented_lora import token_metadata
 
         k, outs = PROJECTIONS[name]
         dev = "cuda"
@@ -54,7 +54,7 @@ class Case:
         self.base_w = torch.randn(sum(outs), k, device=dev, dtype=torch.bfloat16) * 0.01
 
     def expand(self, segmented: bool, config: dict | None):
-        from assistant.segmented_lora import lora_expand
+        from assistant.serving.segmented_lora import lora_expand
 
         return lambda: lora_expand(self.x, self.w, self.y, self.mapping, *self.meta, self.no_lora, self.slots,
                                    offset_start=0, add_inputs=True, segmented=segmented, config=config)
@@ -68,7 +68,7 @@ class Case:
         """Largest |kernel - float32 reference| of one expand with add_inputs=True over a random output."""
         import torch
 
-        from assistant.segmented_lora import reference_expand
+        from assistant.serving.segmented_lora import reference_expand
 
         self.y.copy_(torch.randn_like(self.y))
         ref = reference_expand(self.x, self.w, self.y, self.mapping, 0, True)

@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from assistant.config import Settings
-    from assistant.models import prepare_embedder
+    from assistant.serving.models import prepare_embedder
     from indexing import bm25
     from indexing.chunking import chunk_document
     from indexing.documents import read_corpus_jsonl

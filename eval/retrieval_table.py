@@ -88,8 +88,8 @@ def main(argv=None) -> None:
 
     from assistant.config import Settings
     from assistant.domains import get_domain, list_domains
-    from assistant.indexer import index_domain
-    from assistant.models import prepare_embedder
+    from assistant.building.indexer import index_domain
+    from assistant.serving.models import prepare_embedder
     from indexing.embedder import Embedder
     from indexing.store import open_store
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from indexing.documents import SourceDocument
-from assistant.indexer import ingest_into_domain
+from assistant.building.indexer import ingest_into_domain
 from indexing.ingest import delete_documents
 
 DATA = Path(__file__).resolve().parent / "data"

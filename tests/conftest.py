@@ -10,7 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from assistant.config import Settings  # noqa: E402
-from assistant.models import prepare  # noqa: E402
+from assistant.serving.models import prepare  # noqa: E402
 
 from helpers.lora import make_random_adapter  # noqa: E402
 
@@ -35,7 +35,7 @@ def random_adapters(prepared, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def engine(prepared, settings, random_adapters):
-    from assistant.engine import Engine
+    from assistant.serving.engine import Engine
 
     eng = Engine(prepared.base_model, settings, dtype="float32")
     for name, path in random_adapters.items():

@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 
-from assistant.adapter_manifest import check_adapter
-from assistant.adapters import AdapterError
+from assistant.serving.adapter_manifest import check_adapter
+from assistant.serving.adapters import AdapterError
 from assistant.domains import get_domain, list_domains, load_domain
-from assistant.engine import GenerationRequest
-from assistant.export import export_merged
-from assistant.indexer import index_domain
-from assistant.scaffold import ScaffoldError, create_domain, synthesize_qa
-from assistant.training import build_examples, train_adapter
+from assistant.serving.engine import GenerationRequest
+from assistant.building.export import export_merged
+from assistant.building.indexer import index_domain
+from assistant.building.scaffold import ScaffoldError, create_domain, synthesize_qa
+from assistant.building.training import build_examples, train_adapter
 from helpers.files import make_mixed_folder
 from helpers.lora import hf_greedy
 
@@ -113,7 +113,7 @@ def test_qlora_without_cuda_is_refused_clearly(prepared, tmp_path):
     """QLoRA is a CUDA-only option; on a CPU machine it must fail before any training, with the reason."""
     import torch
 
-    from assistant.training import train_adapter
+    from assistant.building.training import train_adapter
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the refusal is for CPU machines")

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from assistant.adapters import AdapterError
-from assistant.engine import GenerationRequest
+from assistant.serving.adapters import AdapterError
+from assistant.serving.engine import GenerationRequest
 from helpers.lora import make_random_adapter
 
 pytestmark = pytest.mark.engine

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from assistant.domains import DomainError, get_domain, load_domain
-from assistant.indexer import index_domain
+from assistant.building.indexer import index_domain
 from assistant.platform import QuestionError
 from helpers.data import qa_row
 

@@ -12,7 +12,7 @@ import pytest
 
 from assistant.config import Settings
 from assistant.platform import Platform
-from assistant.remote_engine import RemoteEngine
+from assistant.serving.remote_engine import RemoteEngine
 from helpers.data import qa_row
 from test_server import free_port
 

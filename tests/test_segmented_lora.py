@@ -1,4 +1,4 @@
-"""The segmented LoRA expand kernel (assistant/segmented_lora.py) computes what vLLM's lora_expand computes.
+"""The segmented LoRA expand kernel (assistant/serving/segmented_lora.py) computes what vLLM's lora_expand computes.
 
 The kernel is Triton; CI has no GPU, so it runs under Triton's CPU interpreter (TRITON_INTERPRET=1, set
 before Triton compiles anything, hence a subprocess) in float32 (the interpreter has no bfloat16),
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = textwrap.dedent("""
     import itertools, torch
-    from assistant.segmented_lora import lora_expand, reference_expand, token_metadata
+    from assistant.serving.segmented_lora import lora_expand, reference_expand, token_metadata
 
     torch.manual_seed(0)
     max_loras, rank, m = 6, 8, 70
@@ -61,7 +61,7 @@ PLUGIN = textwrap.dedent("""
     torch.cuda.is_available = lambda: True
     from vllm.lora.punica_wrapper import punica_gpu
     stock = punica_gpu.lora_expand = object()
-    from assistant import segmented_lora, vllm_plugin
+    from assistant.serving import segmented_lora, vllm_plugin
     vllm_plugin.register()
     vllm_plugin.register()  # vLLM may load plugins more than once per process
     assert punica_gpu.lora_expand is torch.ops.vllm.assistant_segmented_lora_expand
@@ -95,7 +95,7 @@ def test_vllm_plugin_installs_the_kernel_as_a_custom_op_when_asked():
 
 def test_install_is_opt_in_and_needs_cuda(monkeypatch):
     """Without the flag nothing changes; with it but without a GPU (CI), it refuses with a warning."""
-    from assistant import segmented_lora
+    from assistant.serving import segmented_lora
 
     monkeypatch.delenv(segmented_lora.ENV_FLAG, raising=False)
     assert segmented_lora.install() is False
@@ -107,7 +107,7 @@ def test_install_is_opt_in_and_needs_cuda(monkeypatch):
 
 
 def test_default_tiles_follow_tokens_per_step():
-    from assistant.segmented_lora import default_config
+    from assistant.serving.segmented_lora import default_config
 
     assert default_config(16, 4096)["block_m"] == 16
     assert default_config(256, 4096)["block_m"] == 32

@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from assistant.domains import get_domain
-from assistant.server import create_app
+from assistant.entrypoints.server import create_app
 from helpers.data import qa_row
 
 pytestmark = pytest.mark.engine

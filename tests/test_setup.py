@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from assistant import models
+from assistant.serving import models
 from assistant.config import Settings
-from assistant.models import ModelError, prepare
+from assistant.serving.models import ModelError, prepare
 
 
 def test_setup_cli_prints_paths_and_is_idempotent(prepared, settings):

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from assistant.config import Settings  # noqa: E402
-from assistant.engine import Engine, GenerationRequest  # noqa: E402
+from assistant.serving.engine import Engine, GenerationRequest  # noqa: E402
 
 PROMPTS = [
     "What is the capital of France?",

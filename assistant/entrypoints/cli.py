@@ -7,7 +7,7 @@ from collections import Counter
 
 import click
 
-from .config import Settings
+from assistant.config import Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,7 @@ def main():
 @click.option("--json", "as_json", is_flag=True, help="Print the paths as JSON.")
 def setup(as_json):
     """Prepare the default models (idempotent; prints where they are)."""
-    from .models import ModelError, prepare
+    from assistant.serving.models import ModelError, prepare
 
     settings = Settings.load()
     try:
@@ -43,7 +43,7 @@ def _store_and_embedder(settings: Settings):
     from indexing.embedder import Embedder
     from indexing.store import open_store
 
-    from .models import prepare_embedder
+    from assistant.serving.models import prepare_embedder
 
     return open_store(settings), Embedder(prepare_embedder(settings, progress=lambda m: click.echo(m, err=True)))
 
@@ -61,8 +61,8 @@ def index(domain, source, prune, delete_ids, chunk_size, chunk_overlap, as_json)
     from indexing.ingest import delete_documents
     from indexing.store import StoreError
 
-    from .domains import DomainError, get_domain
-    from .indexer import index_domain
+    from assistant.domains import DomainError, get_domain
+    from assistant.building.indexer import index_domain
 
     settings = Settings.load()
     try:
@@ -117,7 +117,7 @@ def retrieve(domain, question, k, mode, filters, as_json):
     from indexing.retriever import Retriever
     from indexing.store import StoreError
 
-    from .domains import DomainError, get_domain
+    from assistant.domains import DomainError, get_domain
 
     settings = Settings.load()
     try:
@@ -164,13 +164,13 @@ def ask(domain, question, no_rag, no_lora, filters, as_json):
     """A grounded, cited answer from the domain's adapter and index."""
     from indexing.store import StoreError
 
-    from .adapters import AdapterError
-    from .domains import DomainError
-    from .platform import Platform
+    from assistant.serving.adapters import AdapterError
+    from assistant.domains import DomainError
+    from assistant.platform import Platform
 
     settings = Settings.load()
     try:
-        from .domains import get_domain
+        from assistant.domains import get_domain
         get_domain(domain, settings)  # fail fast, before the engine starts
         Platform._check_question(question, settings.max_question_chars)
         platform = Platform.load([domain], settings, progress=not as_json)
@@ -220,9 +220,9 @@ def ask(domain, question, no_rag, no_lora, filters, as_json):
 def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size, micro_batch, limit, seed, out,
           export_data, data_file):
     """Train the domain's LoRA adapter on its train split, in the run-time prompt format."""
-    from .domains import DomainError, get_domain
-    from .models import prepare_base_model
-    from .training import build_examples, train_adapter
+    from assistant.domains import DomainError, get_domain
+    from assistant.serving.models import prepare_base_model
+    from assistant.building.training import build_examples, train_adapter
 
     settings = Settings.load()
     try:
@@ -236,7 +236,7 @@ def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size,
         from indexing.retriever import Retriever
         from transformers import AutoTokenizer
 
-        from .indexer import index_domain
+        from assistant.building.indexer import index_domain
 
         store, embedder = _store_and_embedder(settings)
         try:
@@ -266,8 +266,8 @@ def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size,
 @click.option("--n", default=300, show_default=True, type=int, help="In-domain train questions to use.")
 def calibrate(domain, n):
     """Calibrate the evidence gate (DOMAIN or all) on the train split; writes domain.toml."""
-    from .calibration import calibrate as run
-    from .domains import DomainError, get_domain, list_domains
+    from assistant.building.calibration import calibrate as run
+    from assistant.domains import DomainError, get_domain, list_domains
 
     settings = Settings.load()
     names = list_domains(settings) if domain == "all" else [domain]
@@ -299,9 +299,9 @@ def calibrate(domain, n):
 def new_domain(ctx, name, corpus, qa, synthetic, description, do_train, do_eval, epochs, max_steps, eval_limit):
     """Scaffold a domain package from documents and index it; optionally synthesise training Q&A, train the
     adapter, calibrate the gate and evaluate: one command from a folder of documents to a trained, scored domain."""
-    from .indexer import index_domain
-    from .domains import load_domain
-    from .scaffold import ScaffoldError, create_domain, synthesize_qa
+    from assistant.building.indexer import index_domain
+    from assistant.domains import load_domain
+    from assistant.building.scaffold import ScaffoldError, create_domain, synthesize_qa
 
     settings = Settings.load()
     do_train = do_train or do_eval
@@ -318,8 +318,8 @@ def new_domain(ctx, name, corpus, qa, synthetic, description, do_train, do_eval,
         store.close()
     click.echo(f"created {root} and indexed {report.documents} documents ({report.chunks} chunks)")
     if synthetic and not qa:
-        from .engine import Engine
-        from .models import prepare_base_model
+        from assistant.serving.engine import Engine
+        from assistant.serving.models import prepare_base_model
 
         with Engine(prepare_base_model(settings)[0], settings) as engine:
             rows = synthesize_qa(root, engine, n=synthetic)
@@ -372,9 +372,9 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
     from eval.report import write_report
     from eval.runner import CONDITIONS, eval_domain
 
-    from .adapters import AdapterError
-    from .domains import DomainError, get_domain, list_domains
-    from .platform import Platform
+    from assistant.serving.adapters import AdapterError
+    from assistant.domains import DomainError, get_domain, list_domains
+    from assistant.platform import Platform
 
     settings = Settings.load()
     chosen = [c.strip() for c in conditions.split(",") if c.strip()]
@@ -400,7 +400,7 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
             results.append(result)
             report_md = None
             if not no_report:
-                out_dir = Path(report_dir) if report_dir else Path(__file__).resolve().parents[1] / "eval" / "reports"
+                out_dir = Path(report_dir) if report_dir else Path(__file__).resolve().parents[2] / "eval" / "reports"
                 report_md = write_report(result, out_dir, command)["md"]
                 click.echo(f"{name}: report {report_md}", err=True)
             scored_split = split == "test" or not platform.domain(name).qa_rows("test")  # no test split: dev
@@ -424,7 +424,7 @@ def _print_summary(result: dict) -> None:
 def _record_eval_in_manifest(dom, result: dict, report_md=None) -> None:
     """The shipped adapter's manifest keeps the scores it reached (issue: adapter manifest), and where the
     report is (relative to the checkout when it is inside it)."""
-    from .adapter_manifest import read_manifest, write_manifest
+    from assistant.serving.adapter_manifest import read_manifest, write_manifest
 
     if not (dom.adapter_path / "manifest.json").is_file():
         return
@@ -443,7 +443,7 @@ def _record_eval_in_manifest(dom, result: dict, report_md=None) -> None:
 def _shown_path(path) -> str:
     from pathlib import Path
 
-    path, root = Path(path).resolve(), Path(__file__).resolve().parents[1]
+    path, root = Path(path).resolve(), Path(__file__).resolve().parents[2]
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
@@ -453,10 +453,10 @@ def _shown_path(path) -> str:
 @click.option("--dtype", default="bfloat16", show_default=True, type=click.Choice(["bfloat16", "float16", "float32"]))
 def export(domain, out, dtype):
     """Write the base model with the domain adapter merged in (plain checkpoint, no LoRA at serve time)."""
-    from .adapters import AdapterError
-    from .domains import DomainError, get_domain
-    from .export import export_merged
-    from .models import prepare_base_model
+    from assistant.serving.adapters import AdapterError
+    from assistant.domains import DomainError, get_domain
+    from assistant.building.export import export_merged
+    from assistant.serving.models import prepare_base_model
 
     settings = Settings.load()
     try:
@@ -474,7 +474,7 @@ def export(domain, out, dtype):
 @click.option("--domain", "domains", multiple=True, help="Serve only these domains (default: all).")
 def serve(host, port, domains):
     """OpenAI-compatible HTTP API: /v1/chat/completions (model = domain), /v1/models, /health."""
-    from .server import serve as run_server
+    from assistant.entrypoints.server import serve as run_server
 
     run_server(host, port, list(domains) or None)
 

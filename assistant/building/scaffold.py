@@ -11,7 +11,7 @@ from pathlib import Path
 from indexing.chunking import chunk_document
 from indexing.documents import read_source
 
-from .engine import GenerationRequest
+from assistant.serving.engine import GenerationRequest
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
 SYSTEM = ("You are the {title} assistant. Answer only from the numbered passages you are given, briefly, and cite "

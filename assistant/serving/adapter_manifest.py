@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .adapters import AdapterError, read_adapter_config
+from assistant.serving.adapters import AdapterError, read_adapter_config
 
 MANIFEST = "manifest.json"
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .domains import Domain
+from assistant.domains import Domain
 
-OOD_FILE = Path(__file__).resolve().parents[1] / "eval" / "data" / "out_of_domain.txt"
+OOD_FILE = Path(__file__).resolve().parents[2] / "eval" / "data" / "out_of_domain.txt"
 
 
 def general_questions() -> list[str]:

@@ -19,9 +19,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from .adapters import AdapterError
-from .domains import DomainError
-from .platform import Answer, Platform, QuestionError
+from assistant.serving.adapters import AdapterError
+from assistant.domains import DomainError
+from assistant.platform import Answer, Platform, QuestionError
 
 
 class Message(BaseModel):

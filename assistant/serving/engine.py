@@ -22,8 +22,8 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .adapters import Adapter, AdapterRegistry
-from .config import Settings
+from assistant.serving.adapters import Adapter, AdapterRegistry
+from assistant.config import Settings
 
 
 @dataclass

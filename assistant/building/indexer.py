@@ -7,7 +7,7 @@ from indexing.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
 from indexing.documents import read_corpus_jsonl, read_source
 from indexing.ingest import IngestReport, ingest_documents
 
-from .domains import Domain
+from assistant.domains import Domain
 
 
 def index_domain(domain: Domain, store, embedder, source: str | Path | None = None, *, prune: bool | None = None,

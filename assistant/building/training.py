@@ -18,9 +18,9 @@ import re
 import time
 from pathlib import Path
 
-from .adapter_manifest import write_manifest
-from .domains import Domain
-from .prompting import PromptPassage, build_messages
+from assistant.serving.adapter_manifest import write_manifest
+from assistant.domains import Domain
+from assistant.prompting import PromptPassage, build_messages
 
 IDK = "I don't know from these documents."
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .adapter_manifest import check_adapter
+from assistant.serving.adapter_manifest import check_adapter
 
 
 def export_merged(base_model: str | Path, base_sha256: str, adapter_dir: str | Path, out: str | Path,

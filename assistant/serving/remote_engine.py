@@ -15,9 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from .adapters import Adapter, AdapterError
-from .config import Settings
-from .engine import GenerationRequest, GenerationResult, LoopEngine
+from assistant.serving.adapters import Adapter, AdapterError
+from assistant.config import Settings
+from assistant.serving.engine import GenerationRequest, GenerationResult, LoopEngine
 
 
 class RemoteEngineError(RuntimeError):
