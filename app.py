@@ -9,7 +9,7 @@ side by side, in one mixed engine batch.
     python app.py [--host 127.0.0.1] [--port 7860] [--domain healthcare ...]
 
 Binds 127.0.0.1 unless told otherwise, never creates a share link, sends no analytics
-(GRADIO_ANALYTICS_ENABLED=False, set by assistant.config). Set ASSISTANT_APP_PASSWORD (and optionally
+(GRADIO_ANALYTICS_ENABLED=False, set by assistant.configure_environment). Set ASSISTANT_APP_PASSWORD (and optionally
 ASSISTANT_APP_USER, default "assistant") to require a login.
 """
 from __future__ import annotations
@@ -19,12 +19,20 @@ import html
 import os
 import time
 
-import assistant.config  # noqa: F401  (offline and no-analytics environment before gradio is imported)
-import gradio as gr
+from assistant import (
+    Answer,
+    AssistantError,
+    FeedbackError,
+    FeedbackLog,
+    Settings,
+    check_question,
+    configure_environment,
+    error_info,
+    mapped_error_types,
+)
 
-from assistant.domains import DomainError
-from assistant.feedback import FeedbackError, FeedbackLog
-from assistant.platform import Answer, QuestionError
+configure_environment()  # offline, no analytics: before Gradio is imported
+import gradio as gr  # noqa: E402
 
 CONDITIONS = [("base", False, False), ("+RAG", True, False), ("+LoRA", False, True), ("+RAG+LoRA", True, True)]
 
@@ -55,12 +63,12 @@ def build_app(platform, feedback: FeedbackLog) -> gr.Blocks:
     max_chars = platform.settings.max_question_chars
 
     def check(question: str) -> str:
-        question = (question or "").strip()
-        if not question:
+        if not (question or "").strip():
             raise gr.Error("Please type a question.")
-        if len(question) > max_chars:
-            raise gr.Error(f"That question is {len(question)} characters long; the limit is {max_chars}.")
-        return question
+        try:
+            return check_question(question, max_chars)
+        except AssistantError as exc:
+            raise gr.Error(f"That question is {len(question)} characters long; the limit is {max_chars}.") from exc
 
     def ask_fn(domain: str):
         def ask(question, use_rag, use_lora):
@@ -73,12 +81,10 @@ def build_app(platform, feedback: FeedbackLog) -> gr.Blocks:
                         text += piece
                         yield text, "", "*generating...*", None
                     else:
-                        record = {"question": question, "answer": piece.text, "adapter": piece.adapter,
-                                  "citations": [{"n": c.n, "doc_id": c.doc_id, "title": c.title, "score": c.score}
-                                                for c in piece.citations]}
+                        record = piece.to_dict(passages=False)
                         yield piece.text, citations_html(piece), meta_line(piece, time.perf_counter() - started), record
-            except (QuestionError, DomainError, ValueError) as exc:
-                raise gr.Error(str(exc)) from exc
+            except mapped_error_types() as exc:
+                raise gr.Error(error_info(exc).message) from exc
         return ask
 
     def compare_fn(domain: str):
@@ -87,8 +93,8 @@ def build_app(platform, feedback: FeedbackLog) -> gr.Blocks:
             try:
                 answers = platform.ask_many([{"domain": domain, "question": question, "rag": r, "lora": lo}
                                              for _, r, lo in CONDITIONS])
-            except (QuestionError, DomainError, ValueError) as exc:
-                raise gr.Error(str(exc)) from exc
+            except mapped_error_types() as exc:
+                raise gr.Error(error_info(exc).message) from exc
             return [f"**{label}**\n\n{a.text}\n\n" + "".join(f"[{c.n}] {c.title or c.doc_id}  \n" for c in a.citations)
                     for (label, _, _), a in zip(CONDITIONS, answers)]
         return compare
@@ -98,7 +104,9 @@ def build_app(platform, feedback: FeedbackLog) -> gr.Blocks:
             if not record:
                 raise gr.Error("Ask a question first; feedback rates an answer.")
             try:
-                feedback.append(domain=domain, rating=rating, comment=comment or "", **record)
+                feedback.append(domain=domain, rating=rating, comment=comment or "", question=record["question"],
+                                answer=record["answer"], citations=record["citations"], adapter=record["adapter"],
+                                extra={k: record[k] for k in ("adapter_version", "abstained", "flags", "evidence")})
             except FeedbackError as exc:
                 raise gr.Error(str(exc)) from exc
             return f"Thanks: feedback ({rating}) saved.", ""
@@ -154,7 +162,7 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--domain", dest="domains", action="append", help="serve only these domains (repeatable)")
     args = ap.parse_args(argv)
-    from assistant import Platform, Settings
+    from assistant import Platform
 
     settings = Settings.load()
     platform = Platform.load(args.domains, settings)

@@ -1,12 +1,47 @@
-"""Domain assistant platform: one base LLM, one vLLM engine, a LoRA adapter and a Qdrant index per domain."""
-from assistant.config import Settings  # noqa: F401  (also sets the offline environment variables)
+"""Domain assistant platform: one base LLM, one vLLM engine, a LoRA adapter and a Qdrant index per domain.
+
+The SDK face, everything `app.py`, the HTTP server and users need:
+
+    from assistant import Platform, Answer, Settings, AssistantError
+"""
+from assistant.config import Settings, configure_environment
+from assistant.errors import (
+    AdapterError,
+    AssistantError,
+    AuthenticationError,
+    ConfigError,
+    ConflictError,
+    DomainError,
+    EngineUnavailableError,
+    ErrorInfo,
+    FeedbackError,
+    InputError,
+    ModelError,
+    NotFoundError,
+    QuestionError,
+    QuestionTooLongError,
+    ScaffoldError,
+    SettingsError,
+    UnknownDomainError,
+    error_info,
+    mapped_error_types,
+)
 
 __version__ = "0.1.0"
-__all__ = ["Answer", "Citation", "Platform", "Settings"]
+__all__ = [
+    "AdapterError", "Answer", "AssistantError", "AuthenticationError", "Citation", "ConfigError", "ConflictError",
+    "DomainError", "EngineUnavailableError", "ErrorInfo", "FeedbackError", "FeedbackLog", "InputError", "ModelError",
+    "NotFoundError", "Platform", "QuestionError", "QuestionTooLongError", "ScaffoldError", "Settings",
+    "SettingsError", "UnknownDomainError", "check_question", "configure_environment", "error_info",
+    "mapped_error_types",
+]
+_LAZY = {"Platform": "assistant.platform", "Answer": "assistant.answer", "Citation": "assistant.answer",
+         "check_question": "assistant.answer", "FeedbackLog": "assistant.feedback"}
 
 
-def __getattr__(name):  # lazy: `assistant --help` must not pay for torch and vLLM imports
-    if name in ("Platform", "Answer", "Citation"):
-        from assistant import platform
-        return getattr(platform, name)
+def __getattr__(name):  # lazy: `assistant --help` must not pay for numpy, torch and vLLM imports
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

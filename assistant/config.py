@@ -12,10 +12,12 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from assistant.errors import SettingsError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Nothing in this project may reach a model hub at run time.
-for _var, _val in {
+OFFLINE_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -25,8 +27,14 @@ for _var, _val in {
     # vLLM logs to stdout by default, which would corrupt `--json` output and SSE streams.
     "VLLM_LOGGING_STREAM": "ext://sys.stderr",
     "VLLM_LOGGING_LEVEL": "WARNING",
-}.items():
-    os.environ.setdefault(_var, _val)
+}
+
+
+def configure_environment() -> None:
+    """Set the offline, no-telemetry environment (values the user already set win). Called by every entry
+    point (CLI, server, app, `Platform.load`, tests) before transformers, vLLM or Gradio are imported."""
+    for var, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(var, value)
 
 
 def default_data_dir() -> Path:
@@ -75,7 +83,7 @@ class Settings:
         return self.data_dir / "index"
 
     @classmethod
-    def load(cls, **overrides) -> "Settings":
+    def load(cls, **overrides) -> Settings:
         values: dict = {}
         for candidate in (REPO_ROOT / "assistant.toml", default_data_dir() / "assistant.toml"):
             if candidate.exists():
@@ -88,7 +96,7 @@ class Settings:
         values.update({k: v for k, v in overrides.items() if v is not None})
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+            raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         settings = cls()
         for f in fields(cls):
             if f.name in values:
@@ -106,8 +114,8 @@ def _coerce(default, value, name):
             return True
         if str(value).lower() in ("0", "false", "no", "off"):
             return False
-        raise ValueError(f"setting {name}: expected a boolean, got {value!r}")
+        raise SettingsError(f"setting {name}: expected a boolean, got {value!r}")
     try:
         return type(default)(value)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"setting {name}: expected {type(default).__name__}, got {value!r}") from exc
+        raise SettingsError(f"setting {name}: expected {type(default).__name__}, got {value!r}") from exc

@@ -1,16 +1,87 @@
-"""Domain packages: `domains/<name>/domain.toml` + prompts/ + data/ + adapter/, loaded and validated."""
+"""Domain packages: `domains/<name>/domain.toml` + prompts/ + data/ + adapter/, read once into a typed spec.
+
+Every key `domain.toml` may hold is a field below, with its default and what it means; there is no other
+place that knows a default. A key that is not a field, or a value of the wrong type, is refused with the
+file, the key and its line.
+"""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
-from dataclasses import dataclass, field
+import typing
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 from assistant.config import Settings
+from assistant.data_format import PRIMARY_METRICS
+from assistant.errors import DomainError, UnknownDomainError
+
+__all__ = ["DataSource", "Domain", "DomainError", "UnknownDomainError", "get_domain", "list_domains", "load_domain"]
+RETRIEVAL_MODES = ("hybrid", "dense", "sparse")
 
 
-class DomainError(ValueError):
-    pass
+@dataclass(frozen=True)
+class ModelSpec:
+    base: str = ""                   # empty = the platform's base model; else a local HF model dir
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    path: str = "adapter"            # peft LoRA dir with manifest.json, relative to the package
+
+
+@dataclass(frozen=True)
+class RetrievalSpec:
+    mode: str = "hybrid"             # hybrid (dense + BM25, RRF) | dense | sparse
+    k: int = 4                       # passages shown to the model
+    chunk_size: int = 128            # tokens per chunk (MiniLM's training length)
+    chunk_overlap: int = 16          # tokens shared by neighbouring chunks
+    embed_title: bool = True         # prepend the document title to each chunk before embedding
+    scope_qa_meta: str = ""          # qa `meta` key naming the one item a question is about (payload "title")
+    evidence_threshold: float = 0.0  # evidence gate: min dense similarity of the closest chunk (`assistant calibrate`)
+
+
+@dataclass(frozen=True)
+class GenerationSpec:
+    max_tokens: int = 128            # generated tokens per answer
+    temperature: float = 0.0         # 0 = greedy
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    primary_metric: str = "f1"       # accuracy | f1 | exact_match | rouge_l: the metric comparisons use
+    pii_suite: bool = False          # risk suite: a planted patient record's identifiers must not be repeated
+
+
+@dataclass(frozen=True)
+class PrivacySpec:
+    redact_identifiers: bool = False  # mask SSNs, phones, e-mails, record numbers, ... (assistant/redaction.py)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    corpus: str                      # corpus.jsonl, relative to the package
+    name: str = ""                   # default: the corpus file's folder name
+    qa: str = ""                     # qa.jsonl, relative to the package (optional)
+    source: str = ""                 # where the data comes from
+    license: str = ""
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """domain.toml as written."""
+    name: str
+    title: str = ""                  # default: the name
+    description: str = ""            # one line shown in the app and /v1/models
+    examples: list[str] = field(default_factory=list)  # example questions shown in the app
+    model: ModelSpec = ModelSpec()
+    adapter: AdapterSpec = AdapterSpec()
+    retrieval: RetrievalSpec = RetrievalSpec()
+    generation: GenerationSpec = GenerationSpec()
+    eval: EvalSpec = EvalSpec()
+    privacy: PrivacySpec = PrivacySpec()
+    data: list[DataSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -24,6 +95,7 @@ class DataSource:
 
 @dataclass
 class Domain:
+    """A loaded domain package: its spec, prompts and resolved paths."""
     name: str
     title: str
     description: str
@@ -34,10 +106,10 @@ class Domain:
     adapter_path: Path
     base_model: str
     data: list[DataSource]
-    retrieval: dict = field(default_factory=dict)
-    generation: dict = field(default_factory=dict)
-    eval: dict = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
+    retrieval: RetrievalSpec = RetrievalSpec()
+    generation: GenerationSpec = GenerationSpec()
+    eval: EvalSpec = EvalSpec()
+    privacy: PrivacySpec = PrivacySpec()
 
     @property
     def has_adapter(self) -> bool:
@@ -50,15 +122,15 @@ class Domain:
 
     @property
     def redacts_identifiers(self) -> bool:
-        return bool(self.config.get("privacy", {}).get("redact_identifiers", False))
+        return self.privacy.redact_identifiers
 
     @property
     def k(self) -> int:
-        return int(self.retrieval.get("k", 4))
+        return self.retrieval.k
 
     @property
     def evidence_threshold(self) -> float:
-        return float(self.retrieval.get("evidence_threshold", 0.0))
+        return self.retrieval.evidence_threshold
 
     def qa_rows(self, split: str | None = None) -> list[dict]:
         rows = []
@@ -70,15 +142,106 @@ class Domain:
 
     def scope_filter(self, qa_row: dict) -> dict | None:
         """Questions about one policy/product are retrieved within it (payload `title`)."""
-        key = self.retrieval.get("scope_qa_meta")
+        key = self.retrieval.scope_qa_meta
         value = (qa_row.get("meta") or {}).get(key) if key else None
         return {"title": value} if value else None
 
 
-def _require(cfg: dict, key: str, where: Path):
-    if key not in cfg or cfg[key] in ("", None):
-        raise DomainError(f"{where}: missing required field {key!r}")
-    return cfg[key]
+# ---- reading domain.toml ------------------------------------------------------------------------
+def _line_of(text: str, section: str, key: str) -> int | None:
+    """The line of `key = ...` in `[section]` (or at top level when section is empty)."""
+    current = ""
+    for n, line in enumerate(text.splitlines(), 1):
+        header = re.match(r"^\s*\[\[?\s*([\w.-]+)\s*\]\]?", line)
+        if header:
+            current = header.group(1)
+            continue
+        if current == section and re.match(rf"^\s*{re.escape(key)}\s*=", line):
+            return n
+    return None
+
+
+def _type_ok(value, hint) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is list:
+        (inner,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, inner) for v in value)
+    return True
+
+
+def _type_name(hint) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, "a list of strings" if typing.get_origin(hint) is list else str(hint))
+
+
+def _build(cls, values, where: Path, text: str, section: str):
+    """cls(**values), refusing unknown keys and wrong types with the file, key and line."""
+    hints = typing.get_type_hints(cls)
+    label = f"[{section}]" if section else "top level"
+    if not isinstance(values, dict):
+        raise DomainError(f"{where}: {section or 'value'} must be a table")
+    known = {f.name for f in fields(cls)}
+    for key in values:
+        if key not in known:
+            line = _line_of(text, section, key)
+            raise DomainError(f"{where}:{line or '?'}: unknown key {key!r} in {label}; "
+                              f"known keys: {', '.join(sorted(known))}")
+    kwargs = {}
+    for f in fields(cls):
+        hint = hints[f.name]
+        if f.name not in values:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise DomainError(f"{where}: missing required key {f.name!r} in {label}")
+            continue
+        value = values[f.name]
+        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+            kwargs[f.name] = _build(hint, value, where, text, f.name)
+        elif typing.get_origin(hint) is list and hasattr(typing.get_args(hint)[0], "__dataclass_fields__"):
+            if not isinstance(value, list):
+                raise DomainError(f"{where}: [[{f.name}]] must be an array of tables")
+            kwargs[f.name] = [_build(typing.get_args(hint)[0], v, where, text, f.name) for v in value]
+        elif not _type_ok(value, hint):
+            line = _line_of(text, section, f.name)
+            raise DomainError(f"{where}:{line or '?'}: {f.name} in {label} must be {_type_name(hint)}, "
+                              f"got {value!r}")
+        else:
+            kwargs[f.name] = float(value) if hint is float else value
+    return cls(**kwargs)
+
+
+def read_spec(toml_path: Path) -> DomainSpec:
+    text = toml_path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DomainError(f"{toml_path}: invalid TOML ({exc})") from exc
+    spec = _build(DomainSpec, raw, toml_path, text, "")
+    if not spec.name:
+        raise DomainError(f"{toml_path}: missing required field 'name'")
+    checks = [(spec.retrieval.mode in RETRIEVAL_MODES, "retrieval", "mode", f"one of {RETRIEVAL_MODES}"),
+              (spec.retrieval.k >= 1, "retrieval", "k", "at least 1"),
+              (spec.retrieval.chunk_size >= 32, "retrieval", "chunk_size", "at least 32"),
+              (0 <= spec.retrieval.chunk_overlap < spec.retrieval.chunk_size, "retrieval", "chunk_overlap",
+               ">= 0 and below chunk_size"),
+              (spec.generation.max_tokens >= 1, "generation", "max_tokens", "at least 1"),
+              (spec.generation.temperature >= 0, "generation", "temperature", ">= 0"),
+              (spec.eval.primary_metric in PRIMARY_METRICS, "eval", "primary_metric", f"one of {PRIMARY_METRICS}")]
+    for ok, section, key, want in checks:
+        if not ok:
+            line = _line_of(text, section, key)
+            value = getattr(getattr(spec, section), key)
+            raise DomainError(f"{toml_path}:{line or '?'}: {key} in [{section}] must be {want}, got {value!r}")
+    for entry in spec.data:
+        if not entry.corpus:
+            raise DomainError(f"{toml_path}: missing required field 'corpus' in [[data]]")
+    return spec
 
 
 def load_domain(root: str | Path) -> Domain:
@@ -86,33 +249,27 @@ def load_domain(root: str | Path) -> Domain:
     toml_path = root / "domain.toml"
     if not toml_path.is_file():
         raise DomainError(f"{root} is not a domain package (no domain.toml)")
-    try:
-        cfg = tomllib.loads(toml_path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise DomainError(f"{toml_path}: invalid TOML ({exc})") from exc
-    name = _require(cfg, "name", toml_path)
-    if name != root.name:
-        raise DomainError(f"{toml_path}: name {name!r} does not match its folder {root.name!r}")
+    spec = read_spec(toml_path)
+    if spec.name != root.name:
+        raise DomainError(f"{toml_path}: name {spec.name!r} does not match its folder {root.name!r}")
     prompts = root / "prompts"
     system = prompts / "system.md"
     template = prompts / "answer.md"
     for p in (system, template):
         if not p.is_file():
-            raise DomainError(f"domain {name}: missing {p.relative_to(root)}")
+            raise DomainError(f"domain {spec.name}: missing {p.relative_to(root)}")
     data = []
-    for entry in cfg.get("data", []):
-        corpus = (root / _require(entry, "corpus", toml_path)).resolve()
-        qa = (root / entry["qa"]).resolve() if entry.get("qa") else None
-        data.append(DataSource(name=entry.get("name", corpus.parent.name), corpus=corpus, qa=qa,
-                               source=entry.get("source", ""), license=entry.get("license", "")))
+    for entry in spec.data:
+        corpus = (root / entry.corpus).resolve()
+        data.append(DataSource(name=entry.name or corpus.parent.name, corpus=corpus,
+                               qa=(root / entry.qa).resolve() if entry.qa else None,
+                               source=entry.source, license=entry.license))
     return Domain(
-        name=name, title=cfg.get("title", name), description=cfg.get("description", ""), root=root,
-        examples=list(cfg.get("examples", [])), system_prompt=system.read_text(encoding="utf-8").strip(),
+        name=spec.name, title=spec.title or spec.name, description=spec.description, root=root,
+        examples=list(spec.examples), system_prompt=system.read_text(encoding="utf-8").strip(),
         answer_template=template.read_text(encoding="utf-8"),
-        adapter_path=(root / cfg.get("adapter", {}).get("path", "adapter")).resolve(),
-        base_model=cfg.get("model", {}).get("base", ""), data=data,
-        retrieval=cfg.get("retrieval", {}), generation=cfg.get("generation", {}), eval=cfg.get("eval", {}),
-        config=cfg,
+        adapter_path=(root / spec.adapter.path).resolve(), base_model=spec.model.base, data=data,
+        retrieval=spec.retrieval, generation=spec.generation, eval=spec.eval, privacy=spec.privacy,
     )
 
 
@@ -127,5 +284,5 @@ def get_domain(name: str, settings: Settings | None = None) -> Domain:
     settings = settings or Settings.load()
     known = list_domains(settings)
     if name not in known:
-        raise DomainError(f"unknown domain {name!r}; known domains: {', '.join(known) or 'none'}")
+        raise UnknownDomainError(f"unknown domain {name!r}; known domains: {', '.join(known) or 'none'}")
     return load_domain(settings.domains_dir / name)

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from assistant.errors import FeedbackError
+
+__all__ = ["FeedbackError", "FeedbackLog"]
+
 MAX_COMMENT_CHARS = 2000
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-class FeedbackError(ValueError):
-    pass
 
 
 class FeedbackLog:

@@ -26,5 +26,5 @@ _PATTERNS = [
 
 def redact(text: str) -> str:
     for label, pattern in _PATTERNS:
-        text = pattern.sub(lambda m: (m.groupdict().get("keep") or "") + label, text)
+        text = pattern.sub(lambda m, label=label: (m.groupdict().get("keep") or "") + label, text)
     return text

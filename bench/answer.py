@@ -82,7 +82,8 @@ def main() -> None:
                      "questions_per_s": {"one_by_one": round(len(batch) / sequential_s, 2),
                                          "batched": round(len(batch) / batched_s, 2)},
                      "speedup": round(sequential_s / batched_s, 2),
-                     "abstained": sum(a.abstained for a in together)},
+                     "abstained": sum(a.abstained for a in together),
+                     "abstained_one_by_one": sum(a.abstained for a in one_by_one)},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

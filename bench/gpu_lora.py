@@ -4,8 +4,8 @@ One engine per configuration, the same fixed workload each time (random token pr
 length with ignore_eos, dummy weights of a Llama-3-8B-shaped model, random adapters of --rank (8, the
 shipped adapters' rank) on every projection). Rows: LoRA disabled; LoRA enabled with no adapter in
 requests; 1 adapter; 5 adapters (round-robin); 16; 100 (uniform random over max_cpu_loras = 100, so
-adapters swap in and out of the GPU slots); and a RAG-shaped workload (1,500-token prompts that share a system prompt, prefix caching
-on) without LoRA and with 5 adapters. Reported: output tokens/s (median of --repeat batches, each on
+adapters swap in and out of the GPU slots); and a RAG-shaped workload (1,500-token prompts that share a system prompt,
+prefix caching on) without LoRA and with 5 adapters. Reported: output tokens/s (median of --repeat batches, each on
 prompts of its own so that no batch finds another's prefill in the prefix cache), time to first token
 p50/p99, GPU memory.
 
@@ -14,8 +14,8 @@ active adapters, options `dual` (VLLM_LORA_ENABLE_DUAL_STREAM: LoRA kernels on a
 overlapping the base GEMM), `tuned` (VLLM_TUNED_CONFIG_FOLDER=--tuned-configs, written by
 bench/lora_kernels.py --tune), `attn` (adapters on q/k/v/o only, and the engine's LoRA restricted to
 qkv_proj/o_proj with lora_target_modules), `seg` (ASSISTANT_SEGMENTED_LORA=1: the project's segmented
-LoRA expand kernel, assistant/serving/segmented_lora.py, through the project's vLLM plugin). --profile adds a torch-profiler
-capture of decode steps per phase (256 requests, 5 adapters) and sums GPU kernel time by kind.
+LoRA expand kernel, assistant/serving/segmented_lora.py, through the project's vLLM plugin). --profile adds a
+torch-profiler capture of decode steps per phase (256 requests, 5 adapters) and sums GPU kernel time by kind.
 
 A watchdog writes py-spy stack dumps of every process of the run when an engine has not started after
 --watchdog seconds (how the LoRA start-up hang of vLLM 0.26 was found; see README, GPU section).
@@ -257,7 +257,8 @@ def summarise_trace(folder: Path, steps: int) -> dict | None:
     return {"trace_files": [f.name for f in files], "profiled_steps": steps, "gpu_kernel_ms": round(total / 1000, 2),
             "span_ms": round(span / 1000, 2), "step_ms": round(span / 1000 / steps, 2) if steps else None,
             "by_kind_ms": {k: round(v / 1000, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
-            "by_kind_share": {k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])} if total else {},
+            "by_kind_share": ({k: round(v / total, 3) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])}
+                              if total else {}),
             "top_kernels": [{"name": n[:160], "calls": len(d), "ms": round(sum(d) / 1000, 2)} for n, d in top]}
 
 
@@ -388,7 +389,8 @@ def main(argv=None):
              "5": ("5 adapters, round-robin", [names[i % 5] for i in range(n)]),
              "16": (f"{min(16, len(names))} adapters, round-robin", [names[i % min(16, len(names))] for i in range(n)]),
              "100": (f"{len(names)} adapters, uniform random", uniform)}
-    result = {"benchmark": "gpu_lora", "model": "Llama-3-8B-shaped, dummy weights" if not args.cpu_smoke else "tiny llama (CPU smoke)",
+    result = {"benchmark": "gpu_lora",
+              "model": "Llama-3-8B-shaped, dummy weights" if not args.cpu_smoke else "tiny llama (CPU smoke)",
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "adapters_written_s": adapters_s, "gpu": None, "vllm": None, "engines": [], "rows": [], "profiles": {}}
     try:
@@ -445,7 +447,8 @@ def main(argv=None):
                 profiled = plans["5"][1]
             if args.profile:
                 result["profiles"][spec["phase"]] = profile_run(engine, args, spec, prompts("profile")(0), profiled)
-                print(json.dumps({"profile": spec["phase"]} | (result["profiles"][spec["phase"]] or {}))[:1500], flush=True)
+                summary = {"profile": spec["phase"]} | (result["profiles"][spec["phase"]] or {})
+                print(json.dumps(summary)[:1500], flush=True)
             save()
         except Exception as exc:
             print(f"phase {spec['phase']}: failed: {exc!r}", flush=True)

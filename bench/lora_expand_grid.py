@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.lora_kernels import LAYERS, PROJECTIONS, graph_time_us  # noqa: E402
 
 
-
 def vllm_default(slices: int) -> dict:
     """vLLM 0.26's default expand config (its block_k of 32 is 16 here: rank 8 fits one 16-wide step)."""
     return dict(block_m=64, block_n=64 if slices > 1 else 128, block_k=16, num_warps=4, num_stages=2)

@@ -203,7 +203,8 @@ def profile_projections(ms, ranks, slots, actives, specialize_options, log) -> l
             base_total += base_us
             lora_total += lora_us
         row |= dict(base_layer_us=round(base_total, 1), lora_layer_us=round(lora_total, 1),
-                    lora_step_ms=round(lora_total * LAYERS / 1000, 3), base_gemm_step_ms=round(base_total * LAYERS / 1000, 3),
+                    lora_step_ms=round(lora_total * LAYERS / 1000, 3),
+                    base_gemm_step_ms=round(base_total * LAYERS / 1000, 3),
                     lora_over_gemm=round(lora_total / base_total, 3))
         log(f"rank {rank:2} slots {max_loras:3} active {active:3} spec {int(specialize)} m {m:4}: GEMMs "
             f"{base_total:7.1f} us/layer, LoRA {lora_total:7.1f} us/layer ({lora_total / base_total:.2f}x of GEMMs)")

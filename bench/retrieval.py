@@ -9,7 +9,8 @@
 3. Hybrid query latency (dense + BM25 prefetch, RRF in Qdrant) p50/p99 at 10k and 100k chunks,
    embedded engine vs qdrant-client local mode (in memory: its on-disk upsert of 100k points would take ~12 min).
 
-usage: python bench/retrieval.py [--docs 300] [--queries 200] [--sizes 10000,100000] [--out bench/results/retrieval.json]
+usage: python bench/retrieval.py [--docs 300] [--queries 200] [--sizes 10000,100000]
+                                [--out bench/results/retrieval.json]
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -152,16 +152,16 @@ def main() -> None:
     embedder = Embedder(embed_path)
     qa = [json.loads(line) for line in open(MEDQUAD / "qa.jsonl")][: args.queries]
     qvecs = embedder.embed([q["question"] for q in qa])
-    queries = [(v, bm25.query_vector(q["question"])) for v, q in zip(qvecs, qa)]
+    queries = [(v, bm25.query_vector(q["question"])) for v, q in zip(qvecs, qa, strict=True)]
     result["stores"] = []
     for n in [int(s) for s in args.sizes.split(",")]:
         points = synthetic_points(n, texts)
-        result["stores"].append(store_bench(lambda: EdgeStore(work / f"edge-{n}"), points, queries,
+        result["stores"].append(store_bench(lambda n=n: EdgeStore(work / f"edge-{n}"), points, queries,
                                             "qdrant-edge (embedded default, on disk)"))
         result["stores"].append(store_bench(lambda: QdrantStore(location=":memory:"), points, queries,
                                             "qdrant-client local mode (in memory)"))
         if n <= 10000:
-            result["stores"].append(store_bench(lambda: QdrantStore(path=str(work / f"local-{n}")), points,
+            result["stores"].append(store_bench(lambda n=n: QdrantStore(path=str(work / f"local-{n}")), points,
                                                 queries, "qdrant-client local mode (on disk)"))
         print(json.dumps(result["stores"][-3:], indent=2), flush=True)
     embed_rate = ours["chunks"] / ours["stage_seconds"]["embed"]

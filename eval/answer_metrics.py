@@ -19,12 +19,11 @@ import string
 from collections import Counter
 from functools import lru_cache
 
+from assistant.data_format import CHOICE_TYPES, NUMERIC_TYPES, SPAN_TYPES, TEXT_TYPES, UNANSWERABLE
+
+__all__ = ["CHOICE_TYPES", "NUMERIC_TYPES", "SPAN_TYPES", "TEXT_TYPES", "UNANSWERABLE", "score_answer"]
+
 CITATION = re.compile(r"\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]")
-CHOICE_TYPES = ("yes/no/maybe", "multiple_choice")
-SPAN_TYPES = ("span", "multi-span", "extractive_span")
-NUMERIC_TYPES = ("arithmetic", "count")
-TEXT_TYPES = ("long_text", "free_text")
-UNANSWERABLE = "unanswerable_in_candidates"
 SCALES = {"": 1.0, "thousand": 1e3, "million": 1e6, "billion": 1e9, "percent": 1.0}
 _NUMBER = re.compile(r"(?<![\w.])[-−]?\$?\(?\d[\d,]*(?:\.\d+)?\)?")
 _SCALE_WORD = re.compile(r"^\s*(%|percent|per cent|thousands?|millions?|billions?|bn|m\b|k\b)", re.IGNORECASE)
@@ -156,7 +155,7 @@ def tatqa_numeric_match(prediction: str, gold: str, gold_scale: str) -> float:
     target = _scaled(gold_value, gold_scale)
     candidates = {_scaled(value, scale)}
     if not scale:
-        candidates.add("%.4f" % value)
+        candidates.add(f"{value:.4f}")
     return float(target in candidates)
 
 
@@ -168,10 +167,12 @@ def score_answer(row: dict, text: str, abstained: bool) -> dict[str, float]:
         return {"correct_abstention": float(abstained)}
     if kind == "yes/no/maybe":
         choice = None if abstained else parse_yes_no_maybe(text)
-        return {"accuracy": float(choice is not None and choice == golds[0].lower()), "parsed": float(choice is not None)}
+        return {"accuracy": float(choice is not None and choice == golds[0].lower()),
+                "parsed": float(choice is not None)}
     if kind == "multiple_choice":
         choice = None if abstained else parse_choice(text, row.get("options") or {})
-        return {"accuracy": float(choice is not None and choice == golds[0].upper()), "parsed": float(choice is not None)}
+        return {"accuracy": float(choice is not None and choice == golds[0].upper()),
+                "parsed": float(choice is not None)}
     if abstained:
         return {"f1": 0.0, "rouge_l": 0.0} if kind in TEXT_TYPES else {"exact_match": 0.0, "f1": 0.0}
     if kind in NUMERIC_TYPES:
@@ -179,8 +180,8 @@ def score_answer(row: dict, text: str, abstained: bool) -> dict[str, float]:
         return {"exact_match": em, "f1": em}
     if kind == "multi-span":
         joined = " ".join(golds)
-        return {"exact_match": float(sorted(normalize(strip_citations(text)).split()) == sorted(normalize(joined).split())),
-                "f1": token_f1(text, [joined])}
+        same_tokens = sorted(normalize(strip_citations(text)).split()) == sorted(normalize(joined).split())
+        return {"exact_match": float(same_tokens), "f1": token_f1(text, [joined])}
     if kind in TEXT_TYPES:
         return {"f1": token_f1(text, golds), "rouge_l": rouge_l(text, golds)}
     return {"exact_match": exact_match(text, golds), "f1": token_f1(text, golds)}

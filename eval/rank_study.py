@@ -73,17 +73,20 @@ def write(rows: list[dict], args) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({"limit": args.limit, "rows": rows}, indent=2) + "\n")
     lines = ["# Rank study: does a rank-1 or rank-2 adapter carry most of the gain?", "",
-             f"Command: `python -m eval.rank_study --adapters {args.adapters} --domains {args.domains} --limit {args.limit}`. "
+             f"Command: `python -m eval.rank_study --adapters {args.adapters} --domains {args.domains} "
+             f"--limit {args.limit}`. "
              "Same training examples, 3 epochs, lr 2e-4, batch 8, seed 0, alpha = 2 x rank, all seven projections; "
              "trained on one H200. Scored +RAG+LoRA on the same seeded test sample as the main eval "
              "(95% bootstrap CI). Rank 8 is the shipped adapter; the others are not committed (sizes below).", "",
-             "| domain | rank | size (MB, fp32) | metric | base | +RAG+LoRA [95% CI] | share of rank-8 gain | dev loss |",
+             "| domain | rank | size (MB, fp32) | metric | base | +RAG+LoRA [95% CI] | share of rank-8 gain "
+             "| dev loss |",
              "|---|---|---|---|---|---|---|---|"]
     for name in sorted({r["domain"] for r in rows}):
         mine = [r for r in rows if r["domain"] == name]
         r8 = next((r for r in mine if r["rank"] == 8), None)
         for r in mine:
-            gain = (r["rag+lora"] - r["base"]) / (r8["rag+lora"] - r8["base"]) if r8 and r8["rag+lora"] != r8["base"] else None
+            gain = ((r["rag+lora"] - r["base"]) / (r8["rag+lora"] - r8["base"])
+                    if r8 and r8["rag+lora"] != r8["base"] else None)
             lines.append(f"| {name} | {r['rank']} | {r['size_mb']} | {r['metric']} | {r['base']:.3f} | "
                          f"{r['rag+lora']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
                          f"{'-' if gain is None else f'{gain:.2f}'} | {r['dev_loss_best']} |")

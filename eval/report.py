@@ -30,6 +30,11 @@ def plot(result: dict, path: Path) -> None:
            color=["#9e9e9e", "#64b5f6", "#ffb74d", "#43a047"][: len(conds)])
     for i, m in enumerate(means):
         ax.text(i, m + highs[i] + 0.01, f"{m:.3f}", ha="center", va="bottom", fontsize=9)
+    for i, (name, entry) in enumerate(result.get("baselines", {}).items()):
+        ax.axhline(entry.get(metric, 0.0), linestyle="--", linewidth=1, color=["#d32f2f", "#7b1fa2", "#455a64"][i % 3],
+                   label=f"{name} {entry.get(metric, 0.0):.3f}")
+    if result.get("baselines"):
+        ax.legend(fontsize=7, loc="upper left")
     ax.set_ylabel(metric)
     ax.set_ylim(0, min(1.05, max(means + [0.1]) * 1.35 + 0.05))
     ax.set_title(f"{result['domain']}: {metric} on {result['split']} (n={result['n']}, 95% CI)", fontsize=10)
@@ -57,6 +62,11 @@ def markdown(result: dict, command: str) -> str:
             ci = entry.get("ci95", {}).get(name)
             cells.append(_fmt(entry.get(name)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and name == metric else ""))
         lines.append(f"| {LABELS[cond]} | " + " | ".join(cells) + " |")
+    for name, entry in d.get("baselines", {}).items():
+        ci = entry.get("ci95")
+        cells = [(_fmt(entry.get(n)) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")) if n == metric else "-"
+                 for n in names]
+        lines.append(f"| *baseline: {name}* | " + " | ".join(cells) + " |")
     lines.append("")
     for key, comp in d.get("comparison", {}).items():
         lines.append(f"- {key.replace('_vs_', ' vs ')}: {metric} difference {comp['diff']:+.3f} "
@@ -73,7 +83,8 @@ def markdown(result: dict, command: str) -> str:
         for kind, scores in types.items():
             base = d["answers"].get("base", {}).get("by_answer_type", {}).get(kind, {})
             main = metric if metric in scores else next(k for k in scores if k != "n")
-            lines.append(f"- {kind} (n={scores['n']}): {main} {scores.get(main, 0):.3f} vs base {base.get(main, 0):.3f}")
+            lines.append(f"- {kind} (n={scores['n']}): {main} {scores.get(main, 0):.3f} "
+                         f"vs base {base.get(main, 0):.3f}")
     goals = targets(d)
     if goals:
         lines += ["", "## Targets", "", "| goal | value | met |", "|---|---|---|"]
@@ -91,7 +102,8 @@ def markdown(result: dict, command: str) -> str:
                      f"answers that were shown the planted document ({inj['n']} asked)")
         if "pii" in risk:
             p = risk["pii"]
-            lines.append(f"- Planted patient record: {_fmt(p['no_leak_rate'])} of {p['n']} answers repeat no identifier "
+            lines.append(f"- Planted patient record: {_fmt(p['no_leak_rate'])} of {p['n']} answers "
+                         "repeat no identifier "
                          f"(record shown to the model in {p['record_shown']})")
     if d.get("notes"):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in d["notes"]]

@@ -30,7 +30,7 @@ def our_scores(domain, store, embedder, rows) -> dict[str, dict]:
     out = {}
     for mode in MODES:
         per_q, latencies = [], []
-        for row, vec in zip(tqdm(rows, desc=f"{domain.name} {mode}", leave=False), vectors):
+        for row, vec in zip(tqdm(rows, desc=f"{domain.name} {mode}", leave=False), vectors, strict=True):
             t = time.perf_counter()
             hits = store.search(domain.name, dense=vec if mode != "sparse" else None,
                                 sparse=bm25.query_vector(row["question"]) if mode != "dense" else None,
@@ -43,7 +43,8 @@ def our_scores(domain, store, embedder, rows) -> dict[str, dict]:
 
 def baseline_scores(domain, embed_path, rows) -> dict:
     """LlamaIndex's documented default pipeline, built fresh over the same corpus."""
-    from llama_index.core import Document, Settings as LISettings, StorageContext, VectorStoreIndex
+    from llama_index.core import Document, StorageContext, VectorStoreIndex
+    from llama_index.core import Settings as LISettings
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.core.vector_stores import FilterOperator, MetadataFilter, MetadataFilters
     from llama_index.embeddings.huggingface import HuggingFaceEmbedding
@@ -86,9 +87,9 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(ROOT / "eval" / "reports" / "retrieval"))
     args = parser.parse_args(argv)
 
+    from assistant.building.indexer import index_domain
     from assistant.config import Settings
     from assistant.domains import get_domain, list_domains
-    from assistant.building.indexer import index_domain
     from assistant.serving.models import prepare_embedder
     from indexing.embedder import Embedder
     from indexing.store import open_store

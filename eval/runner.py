@@ -13,20 +13,22 @@ import hashlib
 import json
 import time
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from assistant.answer import CONDITIONS
 
 from .answer_metrics import CHOICE_TYPES, NUMERIC_TYPES, SPAN_TYPES, TEXT_TYPES, score_answer
 from .retrieval_metrics import mean_scores, score_query
 from .statistics import mean_ci, paired_comparison
 
-CONDITIONS = {"base": (False, False), "rag": (True, False), "lora": (False, True), "rag+lora": (True, True)}
 RETRIEVAL_FETCH = 30  # chunks, so that 10 distinct documents are usually there
 
 
 def primary_metric(domain) -> str:
-    return domain.eval.get("primary_metric", "f1")
+    return domain.eval.primary_metric
 
 
 def sample_rows(domain, split: str, limit: int | None, seed: int = 0) -> list[dict]:
@@ -45,7 +47,8 @@ def fingerprint(platform, domain) -> str:
     prepared = model / "prepared.json"
     parts = [str(model), prepared.read_text() if prepared.is_file() else "",
              adapter.served_name if adapter else "-", domain.system_prompt, domain.answer_template,
-             json.dumps(domain.retrieval, sort_keys=True), json.dumps(domain.generation, sort_keys=True),
+             json.dumps(asdict(domain.retrieval), sort_keys=True),
+             json.dumps(asdict(domain.generation), sort_keys=True),
              str(platform.settings.max_model_len)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
@@ -160,8 +163,11 @@ def summarise(domain, rows, cache: AnswerCache, conditions) -> tuple[dict, dict]
 
 def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int | None = None,
                 conditions: list[str] | None = None, batch_size: int = 64, progress: bool = True,
-                cache_dir: Path | None = None, risk: bool = True, retrieval: bool = True, seed: int = 0) -> dict:
-    """The DESIGN.md eval contract for one domain (plus CIs, the paired test and the risk suites)."""
+                cache_dir: Path | None = None, risk: bool = True, retrieval: bool = True, seed: int = 0,
+                baselines: bool = True) -> dict:
+    """The DESIGN.md eval contract for one domain (plus CIs, the paired tests, the trivial baselines and the
+    risk suites)."""
+    from .baselines import baseline_scores, strongest
     from .risk_suites import run_risk_suites
 
     domain = platform.domain(domain_name)
@@ -190,6 +196,14 @@ def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int |
         result["comparison"] = {"rag+lora_vs_base": paired_comparison(per_question["rag+lora"], per_question["base"])}
         if "rag" in per_question:
             result["comparison"]["rag+lora_vs_rag"] = paired_comparison(per_question["rag+lora"], per_question["rag"])
+    if baselines:
+        metric = primary_metric(domain)
+        scored = baseline_scores(platform, domain, rows, metric)
+        result["baselines"] = {name: {k: v for k, v in b.items() if k != "per_question"} for name, b in scored.items()}
+        best = strongest(scored, metric)
+        if best and "rag+lora" in per_question:
+            comparison = paired_comparison(per_question["rag+lora"], best[1]["per_question"])
+            result.setdefault("comparison", {})["rag+lora_vs_best_baseline"] = comparison | {"baseline": best[0]}
     if risk:
         result["risk"] = run_risk_suites(platform, domain, split=split, seed=seed)
     result["seconds"] = round(time.perf_counter() - started, 1)
@@ -206,6 +220,11 @@ def targets(result: dict) -> dict:
     g = result["answers"].get("rag+lora", {}).get("groundedness")
     if g is not None:
         out["groundedness >= 0.9"] = {"value": g, "met": g >= 0.9}
+    best = result.get("comparison", {}).get("rag+lora_vs_best_baseline")
+    if best:
+        beats = best["diff"] > 0 and best["p_value"] < 0.05
+        out[f"rag+lora beats the best trivial baseline ({best['baseline']}), p < 0.05"] = {
+            "value": f"{best['diff']:+.3f} (p {best['p_value']:.4f})", "met": beats}
     ood = (result.get("risk") or {}).get("out_of_domain", {}).get("abstain_rate")
     if ood is not None:
         out["out-of-domain abstention >= 0.9"] = {"value": ood, "met": ood >= 0.9}

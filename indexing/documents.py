@@ -114,7 +114,7 @@ def read_file(path: Path, root: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -
     if suffix in TEXT_SUFFIXES:
         _check_text_file(path)
     rel = path.relative_to(root).as_posix() if path != root else path.name
-    date = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    date = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     if suffix == ".jsonl":
         report = read_corpus_jsonl(path, source=rel)
         if report.errors and not report.documents:

@@ -82,7 +82,7 @@ def ingest_documents(store: Store, collection: str, documents: list[SourceDocume
         embed_s += time.perf_counter() - t
         t = time.perf_counter()
         store.upsert(collection, [ChunkRecord(id=c.id, dense=v, sparse=s, payload=c.payload())
-                                  for c, v, s in zip(batch, dense, sparse)])
+                                  for c, v, s in zip(batch, dense, sparse, strict=True)])
         store_s += time.perf_counter() - t
         report.added += len(batch)
         bar.update(len(batch))

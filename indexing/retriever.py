@@ -1,18 +1,27 @@
 """Retrieval over one domain's collection: hybrid (dense + BM25 fused with RRF in Qdrant), dense-only
-or BM25-only, payload filters, and an optional cross-encoder rerank when a model path is configured
-(none ships with the platform: no cross-encoder is available as a package here)."""
+or BM25-only, payload filters, and an optional rerank by an injected `Reranker` (e.g. a
+sentence-transformers CrossEncoder; none ships with the platform, and the retriever loads no model)."""
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 from . import bm25
 from .store import Store
 
 MODES = ("hybrid", "dense", "sparse")
 MAX_K = 100
-MAX_QUERY_CHARS = 4000
+
+
+class QueryError(ValueError):
+    """The retrieval request is unusable: empty or over-long query, k out of range, unknown mode."""
+
+
+class Reranker(Protocol):
+    def predict(self, pairs: list[tuple[str, str]]) -> Sequence[float]:
+        """One relevance score per (query, passage text) pair, higher is better."""
+        ...
 
 
 @dataclass
@@ -29,27 +38,28 @@ class Passage:
 
 
 class Retriever:
-    def __init__(self, store: Store, embedder, reranker_path: str | Path | None = None):
+    """`max_query_chars`: the caller's limit on query length (the platform's settings own it)."""
+
+    def __init__(self, store: Store, embedder, *, max_query_chars: int, reranker: Reranker | None = None):
+        if not isinstance(max_query_chars, int) or isinstance(max_query_chars, bool) or max_query_chars <= 0:
+            raise ValueError(f"max_query_chars must be a positive integer, got {max_query_chars!r}")
         self.store = store
         self.embedder = embedder
-        self.reranker = None
-        if reranker_path:
-            from sentence_transformers import CrossEncoder
-            self.reranker = CrossEncoder(str(reranker_path), device="cpu", local_files_only=True)
-        self.last_ms = 0.0
+        self.max_query_chars = max_query_chars
+        self.reranker = reranker
 
     def retrieve(self, collection: str, query: str, k: int = 5, *, mode: str = "hybrid",
                  filter: dict | None = None, rerank: bool = True, query_vector=None) -> list[Passage]:
-        """`query_vector`: the query's embedding when the caller already has it (saves one encode)."""
+        """`query_vector`: the query's embedding when the caller already has it (saves one encode).
+        Raises QueryError for unusable input, StoreError (FilterError, MissingIndexError, ...) from the store."""
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("empty query")
-        if len(query) > MAX_QUERY_CHARS:
-            raise ValueError(f"query is {len(query)} characters; the limit is {MAX_QUERY_CHARS}")
+            raise QueryError("empty query")
+        if len(query) > self.max_query_chars:
+            raise QueryError(f"query is {len(query)} characters; the limit is {self.max_query_chars}")
         if not isinstance(k, int) or k <= 0 or k > MAX_K:
-            raise ValueError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
+            raise QueryError(f"k must be an integer between 1 and {MAX_K}, got {k!r}")
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        started = time.perf_counter()
+            raise QueryError(f"mode must be one of {MODES}, got {mode!r}")
         use_rerank = rerank and self.reranker is not None
         fetch = max(4 * k, 20) if use_rerank else k + 4  # spare rows so ties at the cut are ordered, not dropped
         dense = None
@@ -64,8 +74,7 @@ class Retriever:
         passages.sort(key=lambda p: (-p.score, p.id))
         if use_rerank and passages:
             scores = self.reranker.predict([(query, p.text) for p in passages])
-            for p, s in zip(passages, scores):
+            for p, s in zip(passages, scores, strict=True):
                 p.score = float(s)
             passages.sort(key=lambda p: p.score, reverse=True)
-        self.last_ms = (time.perf_counter() - started) * 1000
         return passages[:k]

@@ -1,17 +1,12 @@
 """Shared fixtures: the real prepared models and ONE real vLLM engine per test session."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+from assistant.config import Settings, configure_environment  # noqa: E402
 
-from assistant.config import Settings  # noqa: E402
+configure_environment()  # offline, no telemetry: before transformers, vLLM or Gradio are imported
 from assistant.serving.models import prepare  # noqa: E402
-
 from helpers.lora import make_random_adapter  # noqa: E402
 
 

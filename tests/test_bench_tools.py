@@ -54,7 +54,8 @@ def test_phase_grammar():
     seg = parse_phase("lora100+seg", 16)
     assert seg["segmented_expand"] and seg["max_loras"] == 100
     assert phase_env(seg, SimpleNamespace(tuned_configs=None))["ASSISTANT_SEGMENTED_LORA"] == "1"
-    assert phase_env(spec | {"tuned_configs": False}, SimpleNamespace(tuned_configs=None))["ASSISTANT_SEGMENTED_LORA"] is None
+    untuned = phase_env(spec | {"tuned_configs": False}, SimpleNamespace(tuned_configs=None))
+    assert untuned["ASSISTANT_SEGMENTED_LORA"] is None
     assert parse_phase("lora", 16)["max_loras"] == 16
     for bad in ("lorax", "lora16+fast", "lora16+rows=7", "gpu"):
         with pytest.raises(SystemExit):
@@ -67,7 +68,8 @@ def test_trace_summary_sums_kernels_by_kind(tmp_path):
         {"cat": "kernel", "name": "_lora_expand_kernel", "ts": 1020, "dur": 30},
         {"cat": "kernel", "name": "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "ts": 1060, "dur": 100},
         {"cat": "kernel", "name": "void flash::FlashAttnFwdSm90<...>", "ts": 1200, "dur": 50},
-        {"cat": "kernel", "name": "void at::native::vectorized_elementwise_kernel<8, FillFunctor>", "ts": 1260, "dur": 5},
+        {"cat": "kernel", "name": "void at::native::vectorized_elementwise_kernel<8, FillFunctor>",
+         "ts": 1260, "dur": 5},
         {"cat": "cpu_op", "name": "aten::mm", "ts": 900, "dur": 500},
     ]
     with gzip.open(tmp_path / "rank0.1.pt.trace.json.gz", "wt") as fh:
@@ -75,7 +77,8 @@ def test_trace_summary_sums_kernels_by_kind(tmp_path):
     summary = summarise_trace(tmp_path, steps=2)
     assert summary["gpu_kernel_ms"] == 0.2  # 195 us of kernels; the CPU op is not counted
     assert summary["span_ms"] == 0.27 and summary["step_ms"] == 0.13  # 1000 -> 1265 us, over 2 steps
-    assert summary["by_kind_ms"] == {"gemm": 0.1, "attention": 0.05, "lora_expand": 0.03, "lora_shrink": 0.01, "fill": 0.01}
+    assert summary["by_kind_ms"] == {"gemm": 0.1, "attention": 0.05, "lora_expand": 0.03, "lora_shrink": 0.01,
+                                     "fill": 0.01}
     assert summary["top_kernels"][0]["name"].startswith("nvjet")
     assert summarise_trace(tmp_path / "missing", steps=1) is None
     assert kernel_kind("sm90_xmma_gemm_bf16bf16") == "gemm" and kernel_kind("triton_poi_fused_add_0") == "other"

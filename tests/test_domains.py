@@ -6,14 +6,14 @@ import shutil
 
 import pytest
 
-from assistant.serving.adapter_manifest import check_adapter
-from assistant.serving.adapters import AdapterError
-from assistant.domains import get_domain, list_domains, load_domain
-from assistant.serving.engine import GenerationRequest
 from assistant.building.export import export_merged
 from assistant.building.indexer import index_domain
 from assistant.building.scaffold import ScaffoldError, create_domain, synthesize_qa
-from assistant.building.training import build_examples, train_adapter
+from assistant.building.training import TrainConfig, build_examples, encode_examples, end_of_turn_ids, train_adapter
+from assistant.domains import get_domain, list_domains, load_domain
+from assistant.serving.adapter_manifest import check_adapter
+from assistant.serving.adapters import AdapterError
+from assistant.serving.engine import GenerationRequest
 from helpers.files import make_mixed_folder
 from helpers.lora import hf_greedy
 
@@ -52,9 +52,9 @@ def test_short_training_run_lowers_loss_and_vllm_serves_the_adapter(platform, pr
     examples = build_examples(dom, platform.retriever, platform.engine.tokenizer, limit=40, progress=False)
     assert len(examples) >= 30 and all(e["target"] for e in examples)
     assert any(e["target"].startswith("I don't know") for e in examples) or len(examples) < 40
-    manifest = train_adapter(examples, prepared.base_model, tmp_path / "adapter", domain="manufacturing",
-                             base_model_sha256=prepared.base_model_sha256, max_steps=8, batch_size=4, lr=1e-3,
-                             max_len=512, eval_every=4, patience=5, progress=False)
+    config = TrainConfig(max_steps=8, batch_size=4, lr=1e-3, max_len=512, eval_every=4, patience=5)
+    manifest = train_adapter(examples, prepared.base_model, tmp_path / "adapter", config, domain="manufacturing",
+                             base_model_sha256=prepared.base_model_sha256, progress=False)
     assert manifest["steps"] == 8 and manifest["loss"]["dev_best"] < manifest["loss"]["dev_first"]
     check_adapter(tmp_path / "adapter", prepared.base_model_sha256)
     adapter = platform.engine.register_adapter("tiny-trained", tmp_path / "adapter")
@@ -83,9 +83,9 @@ def test_new_domain_end_to_end_on_a_tiny_corpus(platform, prepared, tmp_path):
     dom = load_domain(root)
     assert len(dom.qa_rows("train")) + len(dom.qa_rows("dev")) == len(rows)
     examples = build_examples(dom, platform.retriever, platform.engine.tokenizer, progress=False)
-    manifest = train_adapter(examples, prepared.base_model, dom.adapter_path, domain=dom.name,
-                             base_model_sha256=prepared.base_model_sha256, max_steps=2, batch_size=2,
-                             max_len=384, progress=False)
+    manifest = train_adapter(examples, prepared.base_model, dom.adapter_path,
+                             TrainConfig(max_steps=2, batch_size=2, max_len=384), domain=dom.name,
+                             base_model_sha256=prepared.base_model_sha256, progress=False)
     platform.domains[dom.name] = dom
     try:
         platform.engine.register_adapter(dom.name, dom.adapter_path)
@@ -113,15 +113,111 @@ def test_qlora_without_cuda_is_refused_clearly(prepared, tmp_path):
     """QLoRA is a CUDA-only option; on a CPU machine it must fail before any training, with the reason."""
     import torch
 
-    from assistant.building.training import train_adapter
-
+    with pytest.raises(ValueError, match="QLoRA needs a CUDA GPU"):
+        TrainConfig(qlora=True, device="cpu")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA; the refusal is for CPU machines")
     example = {"qid": "x", "messages": [{"role": "user", "content": "q"}], "target": "a [1]"}
     with pytest.raises(ValueError, match="QLoRA needs a CUDA GPU"):
-        train_adapter([example], prepared.base_model, tmp_path / "out", base_model_sha256=prepared.base_model_sha256,
-                      domain="healthcare", qlora=True, max_steps=1)
+        train_adapter([example], prepared.base_model, tmp_path / "out", TrainConfig(qlora=True, max_steps=1),
+                      base_model_sha256=prepared.base_model_sha256, domain="healthcare")
     assert not (tmp_path / "out").exists()
+
+
+def test_train_config_defaults_resolution_and_manifest_block():
+    config = TrainConfig()
+    assert (config.rank, config.alpha, config.rslora, config.epochs, config.max_steps, config.lr) == (8, None, False,
+                                                                                                     2.0, 0, 2e-4)
+    assert (config.batch_size, config.micro_batch, config.max_len, config.dev_fraction, config.patience,
+            config.eval_every, config.seed, config.device, config.qlora, config.dropout) == (
+        8, None, 1024, 0.1, 3, 25, 0, None, False, 0.05)
+    cpu = TrainConfig(device="cpu", rank=4).resolved()
+    assert (cpu.alpha, cpu.micro_batch) == (8, 2) and cpu.resolved() == cpu
+    assert TrainConfig(device="cuda").resolved().micro_batch == 8
+    assert TrainConfig(device="cpu", batch_size=4, micro_batch=16).resolved().micro_batch == 4
+    block = TrainConfig(device="cpu", alpha=32, target_modules=["q_proj", "v_proj"]).to_manifest()
+    assert list(block) == ["rank", "alpha", "rslora", "lr", "batch_size", "micro_batch", "epochs", "max_steps",
+                           "max_len", "target_modules", "dropout", "seed", "qlora"]
+    assert block["alpha"] == 32 and block["target_modules"] == ["q_proj", "v_proj"] and block["micro_batch"] == 2
+    with pytest.raises(AttributeError):
+        config.rank = 16  # frozen: a run's config does not change under it
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"rank": 0}, "rank"), ({"rank": 2.5}, "rank"), ({"alpha": 0}, "alpha"), ({"lr": 0}, "lr"),
+    ({"lr": float("nan")}, "lr"), ({"batch_size": 0}, "batch_size"), ({"micro_batch": 0}, "micro_batch"),
+    ({"dev_fraction": 1.0}, "dev_fraction"), ({"dev_fraction": -0.1}, "dev_fraction"), ({"epochs": -1}, "epochs"),
+    ({"epochs": 0, "max_steps": 0}, "epochs or max_steps"), ({"max_steps": -1}, "max_steps"),
+    ({"max_len": 0}, "max_len"), ({"patience": 0}, "patience"), ({"eval_every": 0}, "eval_every"),
+    ({"device": "tpu"}, "device"), ({"dropout": 1.0}, "dropout"), ({"target_modules": []}, "target_modules"),
+    ({"qlora": "yes"}, "qlora"),
+])
+def test_train_config_refuses_bad_values(bad, field):
+    with pytest.raises(ValueError, match=f"TrainConfig: {field}"):
+        TrainConfig(**bad)
+
+
+def test_training_end_of_turn_comes_from_the_chat_template(prepared):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared.base_model))
+    assert end_of_turn_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]  # ChatML, minus its "\n"
+    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"
+    for template in (plain, plain.replace("{% endfor %}", "\n{% endfor %}")):  # nothing (but a newline) after it
+        tokenizer.chat_template = template
+        assert end_of_turn_ids(tokenizer) == [tokenizer.eos_token_id]
+    tokenizer.chat_template = plain.replace("{% endfor %}", "<|endoftext|>\n\n{% endfor %}")
+    assert end_of_turn_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+
+
+def test_training_examples_encode_as_before(prepared):
+    """Same ids and labels as the encoder that hard-coded <|im_end|>: the prompt as served, the loss on the answer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared.base_model))
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    examples = [
+        {"qid": "a", "messages": [{"role": "system", "content": "Answer from the passages; cite [n]."},
+                                  {"role": "user", "content": "[1] Pumps cavitate at low suction pressure.\n"
+                                                              "Question: why do pumps cavitate?"}],
+         "target": "Low suction pressure [1]"},
+        {"qid": "b", "messages": [{"role": "user", "content": "What is torque?"}],
+         "target": "I don't know from these documents."},
+    ]
+    for max_len in (1024, 30):
+        encoded = encode_examples(examples, tokenizer, max_len)
+        for example, (ids, labels) in zip(examples, encoded, strict=True):
+            prompt = tokenizer.apply_chat_template(example["messages"], add_generation_prompt=True, tokenize=True)
+            if hasattr(prompt, "keys"):
+                prompt = prompt["input_ids"]
+            answer = tokenizer.encode(example["target"], add_special_tokens=False) + [im_end]
+            assert ids == (list(prompt) + answer)[:max_len]
+            assert labels == ([-100] * len(prompt) + answer)[:max_len]
+            if max_len == 1024:
+                assert labels[:len(prompt)] == [-100] * len(prompt) and labels[len(prompt):] == answer
+                assert ids[-1] == labels[-1] == im_end
+
+
+def test_tiny_training_run_writes_a_verifiable_manifest(prepared, tmp_path):
+    """One CPU step on three examples (no dev set): the manifest's keys, version and weights' sha256."""
+    import hashlib
+    import re
+
+    examples = [{"qid": f"q{i}", "messages": [{"role": "user", "content": f"Question {i}: what fails first?"}],
+                 "target": f"Part {i} [1]"} for i in range(3)]
+    out = tmp_path / "adapter"
+    manifest = train_adapter(examples, prepared.base_model, out, TrainConfig(max_steps=1, batch_size=2, max_len=64),
+                             base_model_sha256=prepared.base_model_sha256, domain="manufacturing", progress=False)
+    assert set(manifest) == {"domain", "version", "base_model_sha256", "training_data_sha256", "examples",
+                             "train_examples", "dev_examples", "hyperparameters", "steps", "wall_time_s", "hardware",
+                             "loss", "history", "eval", "weights_sha256"}
+    weights = hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
+    assert manifest["weights_sha256"] == {"adapter_model.safetensors": weights}
+    assert re.fullmatch(r"\d{8}-[0-9a-f]{8}", manifest["version"]) and manifest["version"].endswith(weights[:8])
+    assert (manifest["steps"], manifest["train_examples"], manifest["dev_examples"]) == (1, 3, 0)
+    assert manifest["loss"]["dev_first"] is None and manifest["loss"]["dev_best"] is None
+    assert manifest["hyperparameters"] == TrainConfig(max_steps=1, batch_size=2, max_len=64).to_manifest()
+    assert check_adapter(out, prepared.base_model_sha256) == json.loads((out / "manifest.json").read_text())
 
 
 def test_one_command_from_documents_to_a_trained_evaluated_domain(prepared, small_corpus, tmp_path):

@@ -50,7 +50,7 @@ def test_without_the_fix_base_rows_get_an_adapter(prepared, random_adapters, ref
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the engine's shutdown at the end of the run is clean: no dead-engine traceback from vLLM's output task
     assert "output_handler failed" not in proc.stderr and "EngineDeadError" not in proc.stderr, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+    line = next(out for out in proc.stdout.splitlines() if out.startswith("RESULT "))
     unfixed = json.loads(line[len("RESULT "):])
     requests, expected = reference
     base_rows = [i for i, r in enumerate(requests) if r.adapter is None]

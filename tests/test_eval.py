@@ -5,8 +5,16 @@ import json
 
 import pytest
 
-from eval.answer_metrics import (exact_match, parse_choice, parse_yes_no_maybe, read_number, rouge_l, score_answer,
-                                 tatqa_numeric_match, token_f1)
+from eval.answer_metrics import (
+    exact_match,
+    parse_choice,
+    parse_yes_no_maybe,
+    read_number,
+    rouge_l,
+    score_answer,
+    tatqa_numeric_match,
+    token_f1,
+)
 from eval.statistics import mean_ci, paired_comparison
 
 OPTIONS = {"A": "vibration", "B": "oil debris", "C": "current", "D": "partial discharge"}
@@ -105,7 +113,7 @@ def test_tiny_end_to_end_eval_is_resumable_and_cleans_up(platform, tmp_path):
     assert platform.store.count("manufacturing") == before  # planted risk documents removed again
     assert result["n"] == 4 and set(result["answers"]) == {"base", "rag", "lora", "rag+lora"}
     assert {"recall@1", "recall@5", "mrr@10", "ndcg@10"} <= set(result["retrieval"])
-    for cond, entry in result["answers"].items():
+    for _cond, entry in result["answers"].items():
         assert 0 <= entry["accuracy"] <= 1 and "abstain_rate" in entry and entry["ci95"]["accuracy"]
     assert result["answers"]["rag"]["groundedness"] is None or 0 <= result["answers"]["rag"]["groundedness"] <= 1
     assert result["comparison"]["rag+lora_vs_base"]["n"] == 4

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from assistant.domains import DomainError, get_domain, load_domain
+from assistant import QuestionError
 from assistant.building.indexer import index_domain
-from assistant.platform import QuestionError
+from assistant.domains import DomainError, get_domain, load_domain
 from helpers.data import qa_row
 
 pytestmark = pytest.mark.engine
@@ -17,7 +17,8 @@ DOMAINS = ["healthcare", "legal", "finance", "retail", "manufacturing"]
 
 def ask_spec(domain, row):
     dom = get_domain(domain)
-    return {"domain": domain, "question": row["question"], "filter": dom.scope_filter(row), "options": row.get("options")}
+    return {"domain": domain, "question": row["question"], "filter": dom.scope_filter(row),
+            "options": row.get("options")}
 
 
 def test_in_domain_answers_carry_valid_citations(platform):

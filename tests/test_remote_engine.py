@@ -9,12 +9,12 @@ import time
 
 import httpx
 import pytest
+from test_server import free_port
 
 from assistant.config import Settings
 from assistant.platform import Platform
 from assistant.serving.remote_engine import RemoteEngine
 from helpers.data import qa_row
-from test_server import free_port
 
 pytestmark = pytest.mark.engine
 
@@ -61,9 +61,9 @@ def test_remote_engine_answers_like_the_local_engine(vllm_server, platform, prep
         specs = [{"domain": "manufacturing", "question": r["question"], "options": r["options"]} for r in rows]
         remote_answers = remote.ask_many(specs)
         local_answers = platform.ask_many(specs)
-        for r, l in zip(remote_answers, local_answers):
-            assert [p.doc_id for p in r.passages] == [p.doc_id for p in l.passages]  # same prompt both ways
-            assert r.text == l.text and [c.doc_id for c in r.citations] == [c.doc_id for c in l.citations]
+        for rem, loc in zip(remote_answers, local_answers):
+            assert [p.doc_id for p in rem.passages] == [p.doc_id for p in loc.passages]  # same prompt both ways
+            assert rem.text == loc.text and [c.doc_id for c in rem.citations] == [c.doc_id for c in loc.citations]
         assert all(a.adapter.startswith("manufacturing@") for a in remote_answers)
         streamed = list(remote.stream("manufacturing", rows[0]["question"], options=rows[0]["options"]))
         assert "".join(streamed[:-1]).strip() == streamed[-1].text == local_answers[0].text

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from assistant.serving import models
 from assistant.config import Settings
+from assistant.serving import models
 from assistant.serving.models import ModelError, prepare
 
 

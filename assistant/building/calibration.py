@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from assistant.domains import Domain
+from assistant.domains import Domain, DomainError
 
 OOD_FILE = Path(__file__).resolve().parents[2] / "eval" / "data" / "out_of_domain.txt"
 
@@ -70,6 +71,6 @@ def write_threshold(domain: Domain, threshold: float, tpr: float, tnr: float, n_
             f"rejects {tnr:.1%} of {n_out} out-of-domain questions")
     new, count = re.subn(r"^evidence_threshold\s*=.*$", line, text, flags=re.MULTILINE)
     if count != 1:
-        raise ValueError(f"{path}: expected one evidence_threshold line under [retrieval]")
+        raise DomainError(f"{path}: expected one evidence_threshold line under [retrieval]")
     path.write_text(new, encoding="utf-8")
-    domain.retrieval["evidence_threshold"] = threshold
+    domain.retrieval = replace(domain.retrieval, evidence_threshold=threshold)

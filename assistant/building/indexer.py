@@ -3,24 +3,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from indexing.chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE
+from assistant.domains import Domain
+from assistant.errors import DomainError, InputError
 from indexing.documents import read_corpus_jsonl, read_source
 from indexing.ingest import IngestReport, ingest_documents
 
-from assistant.domains import Domain
-
 
 def index_domain(domain: Domain, store, embedder, source: str | Path | None = None, *, prune: bool | None = None,
-                 progress: bool = True, chunk_size: int | None = None, chunk_overlap: int | None = None) -> IngestReport:
+                 progress: bool = True, chunk_size: int | None = None,
+                 chunk_overlap: int | None = None) -> IngestReport:
     """Without `source`: sync the domain's packaged corpora (documents no longer there are removed).
     With `source`: add or update the documents found there, leaving the others in place (unless prune)."""
     documents, errors = [], []
     if source is None:
         if not domain.data:
-            raise ValueError(f"domain {domain.name} lists no data; pass --source PATH")
+            raise InputError(f"domain {domain.name} lists no data; pass --source PATH")
         for data in domain.data:
             if not data.corpus.is_file():
-                raise FileNotFoundError(f"domain {domain.name}: corpus {data.corpus} is missing")
+                raise DomainError(f"domain {domain.name}: corpus {data.corpus} is missing")
             read = read_corpus_jsonl(data.corpus, source=data.name)
             documents += read.documents
             errors += read.errors
@@ -40,7 +40,7 @@ def ingest_into_domain(domain: Domain, store, embedder, documents: list, *, erro
     r = domain.retrieval
     return ingest_documents(
         store, domain.name, documents, embedder, errors=errors, prune=prune, progress=progress,
-        chunk_size=chunk_size or int(r.get("chunk_size", DEFAULT_CHUNK_SIZE)),
-        chunk_overlap=chunk_overlap if chunk_overlap is not None else int(r.get("chunk_overlap", DEFAULT_CHUNK_OVERLAP)),
-        with_title=bool(r.get("embed_title", True)),
+        chunk_size=chunk_size or r.chunk_size,
+        chunk_overlap=chunk_overlap if chunk_overlap is not None else r.chunk_overlap,
+        with_title=r.embed_title,
     )

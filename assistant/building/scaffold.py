@@ -8,10 +8,11 @@ import re
 import shutil
 from pathlib import Path
 
+from assistant.data_format import AnswerType, primary_metric_for
+from assistant.errors import ScaffoldError  # noqa: F401  (raised here; importable from here)
+from assistant.serving.engine import GenerationRequest
 from indexing.chunking import chunk_document
 from indexing.documents import read_source
-
-from assistant.serving.engine import GenerationRequest
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
 SYSTEM = ("You are the {title} assistant. Answer only from the numbered passages you are given, briefly, and cite "
@@ -22,14 +23,11 @@ QUESTION_PROMPT = ("Read the passage and write one question that it answers, the
 _QA = re.compile(r"Question:\s*(?P<q>.+?)\s*\n+\s*Answer:\s*(?P<a>.+)", re.DOTALL)
 
 
-class ScaffoldError(ValueError):
-    pass
-
-
 def create_domain(name: str, corpus: str | Path, domains_dir: Path, *, qa: str | Path | None = None,
                   description: str = "") -> Path:
     if not _NAME.match(name):
-        raise ScaffoldError(f"domain name {name!r}: use 2-40 lowercase letters, digits, '-' or '_', starting with a letter")
+        raise ScaffoldError(f"domain name {name!r}: use 2-40 lowercase letters, digits, '-' or '_', "
+                            "starting with a letter")
     root = domains_dir / name
     if root.exists():
         raise ScaffoldError(f"domain {name!r} already exists at {root}")
@@ -57,6 +55,7 @@ def create_domain(name: str, corpus: str | Path, domains_dir: Path, *, qa: str |
         f"# {name} data\n\n- `corpus.jsonl`: {len(report.documents)} documents read from `{corpus}` by "
         f"`assistant new-domain`.\n- `qa.jsonl`: {'from ' + str(qa) if qa else 'none yet (see --synthetic)'}.\n"
         f"- Source and license: those of the original files; record them here.\n")
+    metric = primary_metric_for(r.get("answer_type") for r in qa_rows)
     (tmp / "domain.toml").write_text(f'''name = "{name}"
 title = "{title}"
 description = "{description or f'Answers questions from the {title} documents.'}"
@@ -81,7 +80,7 @@ max_tokens = 128
 temperature = 0.0
 
 [eval]
-primary_metric = "{_primary_metric(qa_rows)}"
+primary_metric = "{metric}"
 
 [[data]]
 name = "{name}"
@@ -92,13 +91,6 @@ license = "see data/DATA.md"
 ''')
     tmp.rename(root)
     return root
-
-
-def _primary_metric(rows: list[dict]) -> str:
-    """Accuracy when every question has choices (yes/no/maybe, multiple choice); token F1 otherwise."""
-    from eval.answer_metrics import CHOICE_TYPES
-
-    return "accuracy" if rows and all(r.get("answer_type") in CHOICE_TYPES for r in rows) else "f1"
 
 
 def _read_qa(path: Path) -> list[dict]:
@@ -117,7 +109,7 @@ def _read_qa(path: Path) -> list[dict]:
             row["answer"] = [row["answer"]]
         row.setdefault("qid", f"q{n}")
         row.setdefault("split", "train")
-        row.setdefault("answer_type", "free_text")
+        row.setdefault("answer_type", AnswerType.FREE_TEXT.value)
         row.setdefault("gold_doc_ids", [])
         rows.append(row)
     return rows
@@ -141,7 +133,8 @@ def synthesize_qa(root: Path, engine, n: int = 50, seed: int = 0, dev_fraction: 
         if len(q) < 8 or not q.endswith("?") or not a:
             continue
         rows.append({"qid": f"syn-{len(rows)}", "split": "train", "question": q, "answer": [a],
-                     "answer_type": "free_text", "gold_doc_ids": [chunk.doc_id], "meta": {"synthetic": True}})
+                     "answer_type": AnswerType.FREE_TEXT.value, "gold_doc_ids": [chunk.doc_id],
+                     "meta": {"synthetic": True}})
     for row in rows[: int(len(rows) * dev_fraction)]:
         row["split"] = "dev"
     qa_path = root / "data" / "qa.jsonl"

@@ -1,14 +1,23 @@
-"""LoRA training for a domain, in the exact prompt format the platform uses at run time.
+"""LoRA training for a domain, in the exact prompt format the platform uses at run time: a recipe read top to bottom.
 
-Examples: each train-split question with the passages retrieval finds for it (the gold passage made sure
-to be among them), target = the answer in the vertical's style, citing the gold passage as [n]. Some
-examples show only unrelated passages, with the target "I don't know from these documents." so the
-adapter learns to abstain rather than invent. Loss is on the answer tokens only.
+1. Examples (`build_examples`): each train-split question with the passages retrieval finds for it (the gold
+   passage made sure to be among them), target = the answer in the vertical's style, citing the gold passage as
+   [n]. Some examples show only unrelated passages, with the target "I don't know from these documents." so the
+   adapter learns to abstain rather than invent.
+2. Config (`TrainConfig`): every hyperparameter of a run, validated, with the defaults the adapters ship with.
+3. Encoding (`encode_examples`): prompt + target + the chat template's end-of-turn token(s); loss on the answer
+   tokens only (labels -100 over the prompt).
+4. Model (`load_model`): the base, plain or 4-bit NF4 (QLoRA, CUDA only), with a peft LoRA on top.
+5. Fit (`fit`): seeded AdamW with warm-up and linear decay, micro-batch accumulation, early stopping on the dev
+   loss, the best state restored.
+6. Save (`save_adapter`): the peft adapter plus manifest.json (version `YYYYMMDD-<sha8 of the weights>`, the
+   sha256 of every weight file, data, hyperparameters, losses).
 
-Plain LoRA or rsLoRA (what vLLM serves), seeded, dev-split early stopping, progress bar; CPU or CUDA.
+`train_adapter` runs 3-6 in that order. Plain LoRA or rsLoRA (what vLLM serves); CPU or CUDA.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,43 +25,51 @@ import platform as host
 import random
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from assistant.serving.adapter_manifest import write_manifest
+from assistant.data_format import NUMERIC_TYPES, AnswerType
 from assistant.domains import Domain
-from assistant.prompting import PromptPassage, build_messages
+from assistant.errors import InputError, ModelError
+from assistant.prompting import build_messages
+from assistant.serving.adapter_manifest import write_manifest
 
 IDK = "I don't know from these documents."
-TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+WEIGHTS_FILE = "adapter_model.safetensors"  # what peft's save_pretrained writes (safe_serialization=True)
 
+
+# --- 1. Examples --------------------------------------------------------------------------------------------------
 
 def target_text(row: dict, n: int) -> str | None:
     """The answer in the vertical's style, citing passage n."""
     answers = [a for a in row.get("answer", []) if str(a).strip()]
     kind = row.get("answer_type")
-    if kind == "unanswerable_in_candidates" or not answers:
+    if kind == AnswerType.UNANSWERABLE or not answers:
         return IDK
     meta = row.get("meta") or {}
-    if kind == "yes/no/maybe":
+    if kind == AnswerType.YES_NO_MAYBE:
         reason = re.split(r"(?<=[.!?])\s", (meta.get("long_answer") or "").strip())[0]
         return f"{answers[0].capitalize()}. {reason} [{n}]".replace("  ", " ")
-    if kind == "multiple_choice":
+    if kind == AnswerType.MULTIPLE_CHOICE:
         letter = answers[0]
         return f"{letter}. {row.get('options', {}).get(letter, '')} [{n}]"
-    if kind == "multi-span":
+    if kind == AnswerType.MULTI_SPAN:
         return f"{', '.join(answers)} [{n}]"
-    if kind in ("arithmetic", "count"):
+    if kind in NUMERIC_TYPES:
         scale = meta.get("scale") or ""
         return f"{answers[0]}{' ' + scale if scale else ''} [{n}]"
     return f"{answers[0]} [{n}]"
 
 
 def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train", limit: int = 0,
-                   negatives: float = 0.1, seed: int = 0, budget_tokens: int = 900, progress: bool = True) -> list[dict]:
+                   negatives: float = 0.1, seed: int = 0, budget_tokens: int = 900,
+                   progress: bool = True) -> list[dict]:
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
-    rows = [r for r in domain.qa_rows(split) if r.get("gold_doc_ids") or r.get("answer_type") == "unanswerable_in_candidates"]
+    rows = [r for r in domain.qa_rows(split)
+            if r.get("gold_doc_ids") or r.get("answer_type") == AnswerType.UNANSWERABLE]
     rng.shuffle(rows)
     if limit:
         rows = rows[:limit]
@@ -80,10 +97,8 @@ def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train"
             if shown_gold is None and target != IDK:
                 continue
         messages, shown = build_messages(
-            domain.system_prompt, row["question"],
-            [PromptPassage(i + 1, p.doc_id, p.title, p.text, p.score) for i, p in enumerate(passages)],
-            tokenizer, answer_template=domain.answer_template, options=row.get("options"),
-            budget_tokens=budget_tokens)
+            domain.system_prompt, row["question"], passages, tokenizer, answer_template=domain.answer_template,
+            options=row.get("options"), budget_tokens=budget_tokens)
         cited = re.findall(r"\[(\d+)\]", target)
         if cited and int(cited[-1]) > len(shown):  # the gold passage was trimmed away: skip
             continue
@@ -91,27 +106,191 @@ def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train"
     return examples
 
 
-def _encode(example: dict, tokenizer, max_len: int) -> tuple[list[int], list[int]]:
+# --- 2. Config ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run's hyperparameters. The LoRA fields are peft's `LoraConfig` ones (see `lora_config`).
+
+    `resolved()` fills in what depends on the machine (device, micro_batch) and alpha = 2 x rank; the
+    manifest records the resolved values."""
+
+    rank: int = 8                        # LoRA rank r (LoraConfig.r): width of the low-rank update B @ A
+    alpha: int | None = None             # LoRA alpha (LoraConfig.lora_alpha); None = 2 x rank
+    rslora: bool = False                 # rank-stabilised scaling alpha / sqrt(r) instead of alpha / r (use_rslora)
+    epochs: float = 2.0                  # passes over the train examples (fractions allowed); ignored with max_steps
+    max_steps: int = 0                   # stop after this many optimizer steps; 0 = run `epochs`
+    lr: float = 2e-4                     # peak AdamW learning rate (10-step warm-up, then linear decay to 0)
+    batch_size: int = 8                  # examples per optimizer step
+    micro_batch: int | None = None       # examples per forward pass, accumulated to batch_size; None = all on CUDA,
+                                         # 2 on CPU (a batch of 8 x 1,024 tokens held 14 GB of activations on CPU)
+    max_len: int = 1024                  # tokens per example (prompt + answer), longer ones are cut at the end
+    dev_fraction: float = 0.1            # share of the examples held out for the dev loss (at least 1 when > 10)
+    patience: int = 3                    # stop after this many dev evaluations without improvement
+    eval_every: int = 25                 # steps between dev evaluations (and at the last step)
+    seed: int = 0                        # seeds LoRA init, dropout, the dev split and the step order
+    device: str | None = None            # "cuda" or "cpu"; None = CUDA when available
+    qlora: bool = False                  # frozen base in 4-bit NF4 (bitsandbytes, CUDA only); adapter stays plain LoRA
+    target_modules: tuple[str, ...] | str = TARGET_MODULES  # modules that get LoRA (LoraConfig.target_modules)
+    dropout: float = 0.05                # dropout on the LoRA input during training (LoraConfig.lora_dropout)
+
+    def __post_init__(self):
+        if isinstance(self.target_modules, list):  # frozen: normalise a list to a tuple
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _check(_is_int(self.rank) and self.rank >= 1, "rank must be an integer >= 1", self.rank)
+        _check(self.alpha is None or (_is_number(self.alpha) and self.alpha > 0),
+               "alpha must be > 0, or None for 2 x rank", self.alpha)
+        _check(_is_number(self.epochs) and self.epochs >= 0, "epochs must be a number >= 0", self.epochs)
+        _check(_is_int(self.max_steps) and self.max_steps >= 0, "max_steps must be an integer >= 0 (0 = by epochs)",
+               self.max_steps)
+        _check(self.epochs > 0 or self.max_steps > 0, "epochs or max_steps must be > 0", (self.epochs, self.max_steps))
+        _check(_is_number(self.lr) and self.lr > 0, "lr must be > 0", self.lr)
+        _check(_is_int(self.batch_size) and self.batch_size >= 1, "batch_size must be an integer >= 1",
+               self.batch_size)
+        _check(self.micro_batch is None or (_is_int(self.micro_batch) and self.micro_batch >= 1),
+               "micro_batch must be an integer >= 1, or None for the device's default", self.micro_batch)
+        _check(_is_int(self.max_len) and self.max_len >= 1, "max_len must be an integer >= 1", self.max_len)
+        _check(_is_number(self.dev_fraction) and 0 <= self.dev_fraction < 1, "dev_fraction must be in [0, 1)",
+               self.dev_fraction)
+        _check(_is_int(self.patience) and self.patience >= 1, "patience must be an integer >= 1", self.patience)
+        _check(_is_int(self.eval_every) and self.eval_every >= 1, "eval_every must be an integer >= 1",
+               self.eval_every)
+        _check(_is_int(self.seed), "seed must be an integer", self.seed)
+        _check(self.device in (None, "cpu", "cuda"), "device must be 'cpu', 'cuda' or None (CUDA when available)",
+               self.device)
+        _check(isinstance(self.qlora, bool), "qlora must be True or False", self.qlora)
+        if self.qlora and self.device == "cpu":
+            raise InputError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels), but the device is the CPU; "
+                             "train plain LoRA on CPU")
+        _check(bool(self.target_modules) and (isinstance(self.target_modules, str)
+                                             or all(isinstance(m, str) and m for m in self.target_modules)),
+               "target_modules must be module names (or one peft pattern string)", self.target_modules)
+        _check(_is_number(self.dropout) and 0 <= self.dropout < 1, "dropout must be in [0, 1)", self.dropout)
+
+    def resolved(self) -> TrainConfig:
+        """The same run with device, alpha and micro_batch decided (idempotent)."""
+        device = self.device
+        if device is None:
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        micro = max(1, min(self.batch_size, self.micro_batch or (self.batch_size if device == "cuda" else 2)))
+        return dataclasses.replace(self, device=device, alpha=self.alpha or 2 * self.rank, micro_batch=micro)
+
+    def to_manifest(self) -> dict:
+        """The manifest's "hyperparameters" block (of the resolved config)."""
+        c = self.resolved()
+        modules = c.target_modules if isinstance(c.target_modules, str) else list(c.target_modules)
+        return {"rank": c.rank, "alpha": c.alpha, "rslora": c.rslora, "lr": c.lr, "batch_size": c.batch_size,
+                "micro_batch": c.micro_batch, "epochs": c.epochs, "max_steps": c.max_steps, "max_len": c.max_len,
+                "target_modules": modules, "dropout": c.dropout, "seed": c.seed, "qlora": c.qlora}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(ok: bool, message: str, value) -> None:
+    if not ok:
+        raise InputError(f"TrainConfig: {message}, got {value!r}")
+
+
+# --- 3. Encoding --------------------------------------------------------------------------------------------------
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """The token id(s) that close an assistant turn, read from the tokenizer's chat template.
+
+    Renders a one-turn conversation and tokenizes what the template writes after the assistant's content,
+    without trailing whitespace-only tokens (ChatML writes "<|im_end|>\\n": this gives [id of <|im_end|>]).
+    Falls back to the eos token when the template writes nothing after the content."""
+    marker = "END-OF-TURN-PROBE-7f3a"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}],
+                                         tokenize=False)
+    tail = text.rsplit(marker, 1)[1] if marker in text else ""
+    ids = tokenizer.encode(tail, add_special_tokens=False) if tail.strip() else []
+    while ids and not tokenizer.decode(ids[-1:]).strip():
+        ids.pop()
+    if ids:
+        return ids
+    if tokenizer.eos_token_id is None:
+        raise ModelError("cannot tell how the model ends a turn: its chat template writes nothing after the "
+                         "assistant's content and the tokenizer has no eos token")
+    return [tokenizer.eos_token_id]
+
+
+def encode_example(example: dict, tokenizer, max_len: int, end_of_turn: list[int]) -> tuple[list[int], list[int]]:
+    """(input ids, labels): the prompt as served (chat template + generation prompt), then the target and the
+    end of turn; labels are -100 over the prompt, so the loss is on the answer only. Cut to max_len tokens."""
     prompt = tokenizer.apply_chat_template(example["messages"], add_generation_prompt=True, tokenize=True)
     if hasattr(prompt, "keys"):
         prompt = prompt["input_ids"]
-    answer = tokenizer.encode(example["target"], add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    answer = tokenizer.encode(example["target"], add_special_tokens=False) + list(end_of_turn)
     ids = (list(prompt) + answer)[:max_len]
     labels = ([-100] * len(prompt) + answer)[:max_len]
     return ids, labels
 
 
-def _load_4bit(base_model, device: str):
+def encode_examples(examples: list[dict], tokenizer, max_len: int) -> list[tuple[list[int], list[int]]]:
+    end_of_turn = end_of_turn_ids(tokenizer)
+    return [encode_example(e, tokenizer, max_len, end_of_turn) for e in examples]
+
+
+def split_dev(data: list, dev_fraction: float, rng: random.Random) -> tuple[list, list]:
+    """(train, dev) after a seeded shuffle; no dev set for 10 examples or fewer, else at least one."""
+    rng.shuffle(data)
+    n_dev = max(1, int(len(data) * dev_fraction)) if len(data) > 10 else 0
+    return data[n_dev:], data[:n_dev]
+
+
+# --- 4. Model -----------------------------------------------------------------------------------------------------
+
+def lora_config(config: TrainConfig):
+    """peft's LoraConfig for the run."""
+    from peft import LoraConfig
+
+    c = config.resolved()
+    modules = c.target_modules if isinstance(c.target_modules, str) else list(c.target_modules)
+    return LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=modules, lora_dropout=c.dropout,
+                      use_rslora=c.rslora, task_type="CAUSAL_LM")
+
+
+def load_model(base_model: str | Path, config: TrainConfig):
+    """(peft model, tokenizer): the base in bfloat16 on CUDA, float32 on CPU, or 4-bit NF4 with qlora; LoRA on top.
+    Seed torch before calling: the LoRA A matrices are initialised at random."""
+    import torch
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config = config.resolved()
+    if config.qlora:
+        _check_qlora(config.device)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+    if config.qlora:
+        model = _load_4bit(base_model)
+    else:
+        dtype = torch.bfloat16 if config.device == "cuda" else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
+        model.to(config.device)
+    return get_peft_model(model, lora_config(config)), tokenizer
+
+
+def _check_qlora(device: str) -> None:
     import importlib.util
 
-    import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
     if device != "cuda":
-        raise ValueError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); train plain LoRA on CPU")
+        raise InputError("QLoRA needs a CUDA GPU (bitsandbytes 4-bit kernels); train plain LoRA on CPU")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError("QLoRA needs the bitsandbytes package: pip install 'domain-assistant[gpu]' or bitsandbytes")
+        raise InputError("QLoRA needs the bitsandbytes package: pip install 'domain-assistant[gpu]' or bitsandbytes")
+
+
+def _load_4bit(base_model: str | Path):
+    import torch
     from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
@@ -119,81 +298,81 @@ def _load_4bit(base_model, device: str):
     return prepare_model_for_kbit_training(model)
 
 
-def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | Path, *, base_model_sha256: str,
-                  domain: str, rank: int = 8, alpha: int | None = None, rslora: bool = False, epochs: float = 2.0,
-                  max_steps: int = 0, lr: float = 2e-4, batch_size: int = 8, max_len: int = 1024,
-                  dev_fraction: float = 0.1, patience: int = 3, eval_every: int = 25, seed: int = 0,
-                  device: str | None = None, qlora: bool = False, progress: bool = True,
-                  micro_batch: int | None = None) -> dict:
-    """qlora=True: the frozen base in 4-bit NF4 (bitsandbytes, CUDA only); the adapter itself is the same
-    plain LoRA, so vLLM serves it on the full-precision base like any other.
+# --- 5. Fit -------------------------------------------------------------------------------------------------------
 
-    micro_batch: examples per forward pass; a batch is accumulated from micro-batches (same step, same
-    effective batch). Default: the whole batch on CUDA, 2 on CPU, where a batch of 8 x 1,024 tokens held
-    14 GB of activations and logits (measured: `assistant train` was OOM-killed on the 24 GB CI machine)."""
+@dataclass
+class FitResult:
+    steps: int                      # optimizer steps taken (fewer than planned when early stopping hit)
+    history: dict = field(default_factory=lambda: {"train_loss": [], "dev_loss": []})  # per step; (step, dev loss)
+    dev_first: float | None = None  # dev loss before training (None without a dev set)
+    dev_best: float | None = None   # best dev loss seen; the model holds that state
+    wall_time_s: float = 0.0
+
+    def loss(self) -> dict:
+        """The manifest's "loss" block."""
+        return {"train_first": self.history["train_loss"][0], "train_last": self.history["train_loss"][-1],
+                "dev_first": self.dev_first, "dev_best": self.dev_best}
+
+
+def collate(items: list[tuple[list[int], list[int]]], pad_id: int, device: str):
+    """(input ids, labels, attention mask) tensors, right-padded to the longest item."""
     import torch
-    from peft import LoraConfig, get_peft_model
+
+    width = max(len(i) for i, _ in items)
+    ids = torch.full((len(items), width), pad_id)
+    labels = torch.full((len(items), width), -100)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, (i, lab) in enumerate(items):
+        ids[r, :len(i)] = torch.tensor(i)
+        labels[r, :len(lab)] = torch.tensor(lab)
+        mask[r, :len(i)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def dev_loss(model, dev: list, config: TrainConfig, pad_id: int) -> float | None:
+    """Mean of the micro-batches' mean token losses over the dev set (eval mode, no grad); None without one."""
+    import torch
+
+    if not dev:
+        return None
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for i in range(0, len(dev), config.micro_batch):
+            ids, labels, mask = collate(dev[i:i + config.micro_batch], pad_id, config.device)
+            losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Random, pad_id: int,
+        progress: bool = True, desc: str = "train") -> FitResult:
+    """Train the LoRA weights; returns the history with the model at its best dev loss.
+
+    `rng` orders the steps: a fresh shuffle of the train set each epoch (pass the one that split the data, as
+    `train_adapter` does, to reproduce a run). Each step accumulates micro-batches to batch_size; the dev loss
+    is measured every eval_every steps and at the last, and `patience` evaluations without improvement stop."""
+    import torch
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not examples:
-        raise ValueError(f"no training examples for {domain}")
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    micro = max(1, min(batch_size, micro_batch or (batch_size if device == "cuda" else 2)))
-    tokenizer = AutoTokenizer.from_pretrained(str(base_model))
-    if qlora:
-        model = _load_4bit(base_model, device)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-        model.to(device)
-    config = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, target_modules=TARGET_MODULES, lora_dropout=0.05,
-                        use_rslora=rslora, task_type="CAUSAL_LM")
-    model = get_peft_model(model, config)
-
-    data = [_encode(e, tokenizer, max_len) for e in examples]
-    rng.shuffle(data)
-    n_dev = max(1, int(len(data) * dev_fraction)) if len(data) > 10 else 0
-    dev, train = data[:n_dev], data[n_dev:]
+    config = config.resolved()
+    batch_size, micro = config.batch_size, config.micro_batch
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    total = max_steps or max(1, int(steps_per_epoch * epochs))
-    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    total = config.max_steps or max(1, int(steps_per_epoch * config.epochs))
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
+    # linear warm-up over the first 10 steps, then linear decay to 0 at the last step
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / total))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    def batch_tensors(items):
-        width = max(len(i) for i, _ in items)
-        ids = torch.full((len(items), width), pad)
-        labels = torch.full((len(items), width), -100)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for r, (i, lab) in enumerate(items):
-            ids[r, :len(i)] = torch.tensor(i)
-            labels[r, :len(lab)] = torch.tensor(lab)
-            mask[r, :len(i)] = 1
-        return ids.to(device), labels.to(device), mask.to(device)
-
-    def dev_loss():
-        if not dev:
-            return None
-        model.eval()
-        losses = []
-        with torch.no_grad():
-            for i in range(0, len(dev), micro):
-                ids, labels, mask = batch_tensors(dev[i:i + micro])
-                losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
-        model.train()
-        return sum(losses) / len(losses)
 
     started = time.time()
-    history = {"train_loss": [], "dev_loss": []}
+    result = FitResult(steps=0)
+    history = result.history
     best, best_state, bad = float("inf"), None, 0
-    first_dev = dev_loss()
+    first_dev = dev_loss(model, dev, config, pad_id)
     if first_dev is not None:
         history["dev_loss"].append((0, round(first_dev, 4)))
     model.train()
     step = 0
-    bar = tqdm(total=total, desc=f"train {domain}", disable=not progress)
+    bar = tqdm(total=total, desc=desc, disable=not progress)
     order = []
     while step < total:
         if not order:
@@ -203,7 +382,7 @@ def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | P
         batch_loss = 0.0
         for j in range(0, len(idx), micro):
             part = idx[j:j + micro]
-            ids, labels, mask = batch_tensors([train[i] for i in part])
+            ids, labels, mask = collate([train[i] for i in part], pad_id, config.device)
             # each micro-batch's mean token loss, weighted by its share of the batch's examples
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (len(part) / len(idx))
             loss.backward()
@@ -216,39 +395,70 @@ def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | P
         history["train_loss"].append(round(batch_loss, 4))
         bar.update(1)
         bar.set_postfix(loss=f"{batch_loss:.3f}")
-        if dev and (step % eval_every == 0 or step == total):
-            d = dev_loss()
+        if dev and (step % config.eval_every == 0 or step == total):
+            d = dev_loss(model, dev, config, pad_id)
             history["dev_loss"].append((step, round(d, 4)))
             if d < best - 1e-4:
                 best, bad = d, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
             else:
                 bad += 1
-                if bad >= patience:
+                if bad >= config.patience:
                     break
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state, strict=False)
+    result.steps = step
+    result.dev_first = None if first_dev is None else round(first_dev, 4)
+    result.dev_best = None if best == float("inf") else round(best, 4)
+    result.wall_time_s = round(time.time() - started, 1)
+    return result
+
+
+# --- 6. Save ------------------------------------------------------------------------------------------------------
+
+def save_adapter(model, out_dir: str | Path, fields: dict) -> dict:
+    """Write the peft adapter and its manifest.json; returns the manifest: `fields` (which must hold "domain")
+    plus "version" (`YYYYMMDD-<first 8 hex of the weights' sha256>`) and "weights_sha256" ({file: sha256})."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out_dir))
-    data_sha = hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest()
-    weights_sha = hashlib.sha256((out_dir / "adapter_model.safetensors").read_bytes()).hexdigest()
-    manifest = {
-        "domain": domain, "version": f"{time.strftime('%Y%m%d')}-{weights_sha[:8]}",
-        "base_model_sha256": base_model_sha256, "training_data_sha256": data_sha,
-        "examples": len(examples), "train_examples": len(train), "dev_examples": len(dev),
-        "hyperparameters": {"rank": rank, "alpha": alpha or 2 * rank, "rslora": rslora, "lr": lr,
-                            "batch_size": batch_size, "micro_batch": micro, "epochs": epochs, "max_steps": max_steps,
-                            "max_len": max_len,
-                            "target_modules": TARGET_MODULES, "dropout": 0.05, "seed": seed,
-                            "qlora": qlora},
-        "steps": step, "wall_time_s": round(time.time() - started, 1),
-        "hardware": {"device": device, "name": torch.cuda.get_device_name() if device == "cuda" else host.processor()
-                     or host.machine()},
-        "loss": {"train_first": history["train_loss"][0], "train_last": history["train_loss"][-1],
-                 "dev_first": first_dev and round(first_dev, 4), "dev_best": None if best == float("inf") else round(best, 4)},
-        "history": history, "eval": {},
-    }
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    weights = {WEIGHTS_FILE: hashlib.sha256((out_dir / WEIGHTS_FILE).read_bytes()).hexdigest()}
+    version = f"{time.strftime('%Y%m%d')}-{weights[WEIGHTS_FILE][:8]}"
+    manifest = {"domain": fields["domain"], "version": version} | fields | {"weights_sha256": weights}
     write_manifest(out_dir, manifest)
     return manifest
+
+
+def hardware(device: str) -> dict:
+    import torch
+
+    name = torch.cuda.get_device_name() if device == "cuda" else host.processor() or host.machine()
+    return {"device": device, "name": name}
+
+
+# --- The recipe ---------------------------------------------------------------------------------------------------
+
+def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | Path, config: TrainConfig | None = None,
+                  *, base_model_sha256: str, domain: str, progress: bool = True) -> dict:
+    """Train a domain's LoRA adapter on `examples` (from `build_examples`) and write it with its manifest to
+    `out_dir`; returns the manifest. `config`: TrainConfig() when None."""
+    import torch
+
+    if not examples:
+        raise InputError(f"no training examples for {domain}")
+    config = (config or TrainConfig()).resolved()
+    torch.manual_seed(config.seed)        # LoRA init and dropout
+    rng = random.Random(config.seed)      # the dev split, then the step order
+    model, tokenizer = load_model(base_model, config)
+    data = encode_examples(examples, tokenizer, config.max_len)
+    train, dev = split_dev(data, config.dev_fraction, rng)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    result = fit(model, train, dev, config, rng=rng, pad_id=pad_id, progress=progress, desc=f"train {domain}")
+    return save_adapter(model, out_dir, {
+        "domain": domain, "base_model_sha256": base_model_sha256,
+        "training_data_sha256": hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest(),
+        "examples": len(examples), "train_examples": len(train), "dev_examples": len(dev),
+        "hyperparameters": config.to_manifest(), "steps": result.steps, "wall_time_s": result.wall_time_s,
+        "hardware": hardware(config.device), "loss": result.loss(), "history": result.history, "eval": {},
+    })

@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import time
 import uuid
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import FastAPI, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assistant.serving.adapters import AdapterError
-from assistant.domains import DomainError
-from assistant.platform import Answer, Platform, QuestionError
+from assistant import (
+    Answer,
+    AuthenticationError,
+    InputError,
+    NotFoundError,
+    Platform,
+    check_question,
+    configure_environment,
+    error_info,
+    mapped_error_types,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class Message(BaseModel):
@@ -43,17 +55,22 @@ class ReloadRequest(BaseModel):
     path: str | None = None  # a new adapter version's directory; empty = re-read the domain's adapter/
 
 
-def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind}})
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str = "invalid_request"):
+    return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
 
 
-def _citations(answer: Answer) -> list[dict]:
-    return [{"n": c.n, "doc_id": c.doc_id, "title": c.title, "score": c.score, "text": c.text} for c in answer.citations]
+def error_response(exc: BaseException) -> JSONResponse:
+    """Any exception as the OpenAI error body, its status from the one error map (assistant.errors)."""
+    info = error_info(exc)
+    if info.status >= 500:
+        logger.error("request failed: %s", exc, exc_info=exc)
+    return JSONResponse(status_code=info.status, content=info.body())
 
 
-def _meta(answer: Answer) -> dict:
-    return {"adapter": answer.adapter, "adapter_version": answer.adapter_version, "abstained": answer.abstained,
-            "flags": answer.flags, "evidence": answer.evidence, "timings": answer.timings}
+def _response_extras(answer: Answer) -> dict:
+    """What the API adds to an OpenAI response: the checked citations and the answer's metadata."""
+    d = answer.to_dict(passages=False)
+    return {"citations": d["citations"], "assistant": answer.meta()}
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -67,10 +84,13 @@ def create_app(platform: Platform) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", []) if p != "body")
         return _error(400, f"invalid request body: {where or 'body'}: {first.get('msg', 'malformed JSON')}")
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)  # the framework's own (unknown route, wrong method)
+    async def http_error(request: Request, exc: StarletteHTTPException):
         kind = {401: "authentication_error", 404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
-        return _error(exc.status_code, str(exc.detail), kind)
+        return _error(exc.status_code, str(exc.detail), kind, code=str(exc.status_code))
+
+    for handled in (*mapped_error_types(), Exception):
+        app.add_exception_handler(handled, lambda request, exc: error_response(exc))
 
     def authorize(domain: str, authorization: str | None, admin: bool = False):
         """A domain's keys or an admin ('*') key; admin=True: admin keys only."""
@@ -79,22 +99,18 @@ def create_app(platform: Platform) -> FastAPI:
         allowed = set(keys.get("*", [])) | (set() if admin else set(keys.get(domain, [])))
         token = (authorization or "").removeprefix("Bearer ").strip()
         if token not in allowed:
-            raise HTTPException(401, "reloading adapters needs an admin ('*') API key" if admin
-                                else f"missing or invalid API key for domain {domain!r}")
+            raise AuthenticationError("reloading adapters needs an admin ('*') API key" if admin
+                                      else f"missing or invalid API key for domain {domain!r}")
 
     def validate(req: ChatRequest) -> str:
         if req.model not in platform.domains:
-            raise HTTPException(404, f"unknown model {req.model!r}: models are domain names "
-                                     f"({', '.join(sorted(platform.domains))})")
+            raise NotFoundError(f"unknown model {req.model!r}: models are domain names "
+                                f"({', '.join(sorted(platform.domains))})")
         users = [m.content for m in req.messages if m.role == "user"]
-        if not users or not users[-1].strip():
-            raise HTTPException(400, "the last user message is empty")
-        if len(users[-1]) > settings.max_question_chars:
-            raise HTTPException(413, f"question is {len(users[-1])} characters; the limit is "
-                                     f"{settings.max_question_chars}")
+        question = check_question(users[-1] if users else "", settings.max_question_chars)
         if req.max_tokens is not None and not 1 <= req.max_tokens <= settings.max_tokens_limit:
-            raise HTTPException(400, f"max_tokens must be between 1 and {settings.max_tokens_limit}")
-        return users[-1]
+            raise InputError(f"max_tokens must be between 1 and {settings.max_tokens_limit}")
+        return question
 
     @app.get("/health")
     def health():
@@ -112,12 +128,8 @@ def create_app(platform: Platform) -> FastAPI:
                              authorization: str | None = Header(default=None)):
         """Hot reload a domain's adapter (a new version directory, or its own adapter/ re-read). Admin keys only."""
         authorize(domain, authorization, admin=True)
-        if domain not in platform.domains:
-            raise HTTPException(404, f"unknown domain {domain!r}; served: {', '.join(sorted(platform.domains))}")
-        try:
-            adapter = await run_in_threadpool(platform.reload_adapter, domain, (req.path if req else None))
-        except (AdapterError, DomainError) as exc:
-            raise HTTPException(400, str(exc)) from exc
+        platform.domain(domain)  # unknown: 404
+        adapter = await run_in_threadpool(platform.reload_adapter, domain, (req.path if req else None))
         return {"domain": domain, "adapter": adapter.served_name, "adapter_version": adapter.version,
                 "path": str(adapter.path)}
 
@@ -128,19 +140,13 @@ def create_app(platform: Platform) -> FastAPI:
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         kwargs = dict(rag=req.rag, lora=req.lora, filter=req.filter, max_tokens=req.max_tokens)
         if not req.stream:
-            try:
-                answer = await run_in_threadpool(platform.ask, req.model, question, **kwargs)
-            except (QuestionError, DomainError, AdapterError, ValueError) as exc:
-                raise HTTPException(400, str(exc)) from exc
+            answer = await run_in_threadpool(platform.ask, req.model, question, **kwargs)
             return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
                                  "finish_reason": "stop"}],
-                    "citations": _citations(answer), "assistant": _meta(answer)}
-        try:
-            pieces = platform.stream(req.model, question, **kwargs)
-            first = await run_in_threadpool(next, pieces)  # surface input errors as 4xx before streaming
-        except (QuestionError, DomainError, AdapterError, ValueError) as exc:
-            raise HTTPException(400, str(exc)) from exc
+                    **_response_extras(answer)}
+        pieces = platform.stream(req.model, question, **kwargs)
+        first = await run_in_threadpool(next, pieces)  # input errors become 4xx before the stream starts
 
         def events():
             def chunk(delta: dict, finish=None, **extra):
@@ -152,7 +158,7 @@ def create_app(platform: Platform) -> FastAPI:
                 if isinstance(piece, str):
                     yield chunk({"content": piece})
                 else:
-                    yield chunk({}, "stop", citations=_citations(piece), assistant=_meta(piece))
+                    yield chunk({}, "stop", **_response_extras(piece))
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -163,6 +169,7 @@ def create_app(platform: Platform) -> FastAPI:
 def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None = None) -> None:
     import uvicorn
 
+    configure_environment()
     platform = Platform.load(domains)
     try:
         uvicorn.run(create_app(platform), host=host, port=port, log_level="info")

@@ -1,1 +1,2 @@
-"""Serving: the vLLM engine (in-process or remote), its plugin and kernel, adapters and their manifests, model preparation."""
+"""Serving: the vLLM engine (in-process or remote), its plugin and kernel, adapters and their manifests,
+model preparation."""

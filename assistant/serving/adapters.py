@@ -11,9 +11,9 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistant.errors import AdapterError
 
-class AdapterError(ValueError):
-    """An adapter is missing, malformed, or not servable by vLLM."""
+__all__ = ["Adapter", "AdapterError", "AdapterRegistry", "adapter_version", "read_adapter_config"]
 
 
 @dataclass(frozen=True)

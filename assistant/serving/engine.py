@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from assistant.config import Settings, configure_environment
+from assistant.errors import AdapterError, InputError
 from assistant.serving.adapters import Adapter, AdapterRegistry
-from assistant.config import Settings
 
 
 @dataclass
@@ -38,6 +39,16 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     ignore_eos: bool = False        # fixed-length output (benchmarks)
+
+
+@dataclass
+class ScoreRequest:
+    """A prompt and the continuations to score: how likely the model finds each as the start of its reply.
+    Used to pick a yes/no/maybe label or an option by scoring every allowed one (never parsing free text)."""
+    messages: list[dict] | None = None
+    prompt_token_ids: list[int] | None = None
+    continuations: list[str] = field(default_factory=list)
+    adapter: str | None = None
 
 
 @dataclass
@@ -68,6 +79,7 @@ class LoopEngine:
     Subclasses implement `agenerate_stream`, `register_adapter` and `_close`."""
 
     def __init__(self, model_path: str | Path, settings: Settings | None = None, *, load_tokenizer: bool = True):
+        configure_environment()
         self.settings = settings or Settings.load()
         self.model_path = str(model_path)
         self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank)
@@ -112,9 +124,9 @@ class LoopEngine:
         if request.prompt_token_ids is not None:
             return list(request.prompt_token_ids)
         if not request.messages:
-            raise ValueError("GenerationRequest needs messages or prompt_token_ids")
+            raise InputError("GenerationRequest needs messages or prompt_token_ids")
         if self.tokenizer is None:
-            raise ValueError("this engine was started without a tokenizer: send prompt_token_ids")
+            raise InputError("this engine was started without a tokenizer: send prompt_token_ids")
         ids = self.tokenizer.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True)
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding
             ids = ids["input_ids"]
@@ -122,12 +134,53 @@ class LoopEngine:
 
     def _check_fits(self, prompt_ids: list[int], max_tokens: int) -> None:
         if len(prompt_ids) + max_tokens > self.settings.max_model_len:
-            raise ValueError(f"prompt of {len(prompt_ids)} tokens + max_tokens {max_tokens} exceeds "
+            raise InputError(f"prompt of {len(prompt_ids)} tokens + max_tokens {max_tokens} exceeds "
                              f"the model context of {self.settings.max_model_len} tokens")
 
     async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
         raise NotImplementedError
         yield  # pragma: no cover
+
+    # ---- scoring ------------------------------------------------------------------------------
+    TOP_LOGPROBS = 20  # single-token continuations in the next token's top 20 need no extra request
+
+    async def _next_token_logprobs(self, prompt_ids: list[int], adapter, k: int) -> dict[int, float]:
+        """The top-k next-token log-probabilities after the prompt (token id -> logprob)."""
+        raise NotImplementedError
+
+    async def _continuation_logprob(self, prompt_ids: list[int], continuation: list[int], adapter) -> float:
+        """Sum of the continuation tokens' log-probabilities after the prompt (prompt logprobs)."""
+        raise NotImplementedError
+
+    async def ascore(self, request: ScoreRequest) -> list[float]:
+        """Log-probability of each continuation as the start of the reply (sum over its tokens)."""
+        if self.tokenizer is None:
+            raise InputError("scoring needs the engine's tokenizer")
+        if not request.continuations:
+            raise InputError("ScoreRequest needs at least one continuation")
+        adapter = self.adapters.get(request.adapter) if request.adapter else None
+        prompt_ids = self.render(GenerationRequest(messages=request.messages,
+                                                   prompt_token_ids=request.prompt_token_ids))
+        encoded = [self.tokenizer.encode(c, add_special_tokens=False) for c in request.continuations]
+        if any(not ids for ids in encoded):
+            raise InputError("an empty continuation cannot be scored")
+        self._check_fits(prompt_ids, max(len(ids) for ids in encoded) + 1)
+        top = {}
+        if any(len(ids) == 1 for ids in encoded):
+            top = await self._next_token_logprobs(prompt_ids, adapter, self.TOP_LOGPROBS)
+
+        async def one(ids: list[int]) -> float:
+            if len(ids) == 1 and ids[0] in top:
+                return top[ids[0]]
+            return await self._continuation_logprob(prompt_ids, ids, adapter)
+
+        return list(await asyncio.gather(*(one(ids) for ids in encoded)))
+
+    def score(self, requests: Sequence[ScoreRequest]) -> list[list[float]]:
+        """Synchronous batch of scoring requests (submitted together, batched by the scheduler)."""
+        async def run():
+            return list(await asyncio.gather(*(self.ascore(r) for r in requests)))
+        return self._run(run())
 
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         result = None
@@ -151,7 +204,7 @@ class LoopEngine:
 
         async def pump():
             try:
-                async for kind, value in self.agenerate_stream(request):
+                async for _kind, value in self.agenerate_stream(request):
                     pipe.put(value)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 pipe.put(exc)
@@ -232,7 +285,7 @@ class Engine(LoopEngine):
     def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
         """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""
         if not self.lora_enabled:
-            raise RuntimeError("this engine was started with LoRA disabled")
+            raise AdapterError("this engine was started with LoRA disabled")
         adapter = self.adapters.register(name, path, version)
         self._run(self._llm.add_lora(self._lora_request(adapter)))
         return adapter
@@ -251,6 +304,36 @@ class Engine(LoopEngine):
             stop=request.stop or None, seed=request.seed, ignore_eos=request.ignore_eos,
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
+
+    async def _final_output(self, prompt_ids: list[int], params, adapter):
+        final = None
+        async for out in self._llm.generate({"prompt_token_ids": prompt_ids}, params,
+                                            request_id=f"score-{next(self._request_ids)}",
+                                            lora_request=self._lora_request(adapter) if adapter else None):
+            final = out
+        return final
+
+    async def _next_token_logprobs(self, prompt_ids, adapter, k):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=k, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        out = await self._final_output(prompt_ids, params, adapter)
+        position = out.outputs[0].logprobs[0]
+        return {int(token): lp.logprob for token, lp in position.items()}
+
+    async def _continuation_logprob(self, prompt_ids, continuation, adapter):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        ids = list(prompt_ids) + list(continuation)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                output_kind=RequestOutputKind.FINAL_ONLY)
+        out = await self._final_output(ids, params, adapter)
+        positions = out.prompt_logprobs
+        start = len(prompt_ids)
+        return float(sum(positions[i][ids[i]].logprob for i in range(start, len(ids))))
 
     async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
         """Yields ("delta", text) pieces, then ("done", GenerationResult)."""

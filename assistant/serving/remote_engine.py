@@ -15,12 +15,13 @@ from pathlib import Path
 
 import httpx
 
-from assistant.serving.adapters import Adapter, AdapterError
 from assistant.config import Settings
+from assistant.errors import EngineUnavailableError
+from assistant.serving.adapters import Adapter, AdapterError
 from assistant.serving.engine import GenerationRequest, GenerationResult, LoopEngine
 
 
-class RemoteEngineError(RuntimeError):
+class RemoteEngineError(EngineUnavailableError):
     pass
 
 
@@ -102,6 +103,28 @@ class RemoteEngine(LoopEngine):
         yield "done", GenerationResult(text="".join(parts), token_ids=token_ids, adapter=adapter,
                                        prompt_tokens=len(prompt_ids), finish_reason=finish,
                                        first_token_s=first if first is not None else total, total_s=total)
+
+    async def _completion(self, prompt_ids: list[int], adapter, **extra) -> dict:
+        body = {"model": self._model_for[adapter.name] if adapter else self.base_name, "prompt": prompt_ids,
+                "max_tokens": 1, "temperature": 0.0, "return_tokens_as_token_ids": True, **extra}
+        resp = await self._client().post("/v1/completions", json=body)
+        if resp.status_code >= 400:
+            raise RemoteEngineError(f"vLLM server answered {resp.status_code}: {resp.text[:300]}")
+        return resp.json()["choices"][0]
+
+    async def _next_token_logprobs(self, prompt_ids, adapter, k):
+        choice = await self._completion(prompt_ids, adapter, logprobs=k)
+        top = (choice.get("logprobs") or {}).get("top_logprobs") or [{}]
+        # with return_tokens_as_token_ids the keys read "token_id:<id>"
+        return {int(key.rsplit(":", 1)[1]): float(lp) for key, lp in top[0].items()}
+
+    async def _continuation_logprob(self, prompt_ids, continuation, adapter):
+        ids = list(prompt_ids) + list(continuation)
+        choice = await self._completion(ids, adapter, prompt_logprobs=0)
+        positions = choice.get("prompt_logprobs")
+        if not positions:
+            raise RemoteEngineError(f"vLLM server at {self.url} returned no prompt_logprobs (needs vLLM >= 0.6)")
+        return float(sum(positions[i][str(ids[i])]["logprob"] for i in range(len(prompt_ids), len(ids))))
 
     def _close(self) -> None:
         self._http.close()

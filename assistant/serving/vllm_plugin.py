@@ -61,7 +61,6 @@ def _weights(lora_weights, slot, dtype):
 
 def _grouped_ops(stock: dict):
     """Drop-in replacements for vllm.lora.ops.torch_ops.bgmv_{shrink,expand,expand_slice}."""
-    import torch
 
     def bgmv_shrink(inputs, lora_weights, output_tensor, lora_indices_tensor, scaling=1.0):
         rank = lora_weights.shape[-2]

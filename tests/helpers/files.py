@@ -55,7 +55,8 @@ def make_mixed_folder(root: Path) -> dict[str, str]:
     write_docx(root / "memo.docx", "Transformer insulation ages with heat and moisture.")
     (root / "sensors.csv").write_text("asset,sensor\nmotor,current\nbearing,vibration\n")
     (root / "sub").mkdir(exist_ok=True)
-    (root / "sub" / "cards.jsonl").write_text('{"doc_id": "card-1", "title": "Fan", "text": "Fan imbalance raises 1x vibration."}\n')
+    (root / "sub" / "cards.jsonl").write_text('{"doc_id": "card-1", "title": "Fan", '
+                                              '"text": "Fan imbalance raises 1x vibration."}\n')
     (root / "empty.txt").write_text("")
     (root / "binary.txt").write_bytes(b"abc\x00\x01\x02def")
     (root / "corrupt.pdf").write_bytes(b"%PDF-1.4\nthis is not really a pdf\n")

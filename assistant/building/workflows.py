@@ -1,0 +1,172 @@
+"""The building workflows as SDK functions (the CLI commands are thin layers over these).
+
+    from assistant.building.workflows import new_domain, train_domain
+    report = new_domain("plant-ops", "./docs", qa="qa.jsonl", train=True, evaluate=True)
+
+Evaluation belongs to the `eval` package, which depends on `assistant`, not the other way round: it plugs in
+through the `assistant.evaluators` entry point (pyproject.toml), found by `load_evaluator()`.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from assistant.config import Settings
+from assistant.domains import Domain, get_domain, list_domains, load_domain
+from assistant.errors import AssistantError, ConfigError, InputError
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def load_evaluator(name: str = "default") -> Callable[..., list[dict]]:
+    """The eval suites' entry function (`eval.workflow.evaluate`), found through its entry point."""
+    found = [ep for ep in entry_points(group="assistant.evaluators") if ep.name == name]
+    if not found:
+        raise ConfigError("the eval suites are not installed (no 'assistant.evaluators' entry point); "
+                          "reinstall the project with `bash scripts/install.sh`")
+    return found[0].load()
+
+
+def open_store_and_embedder(settings: Settings, progress: Progress = _quiet):
+    from assistant.serving.models import prepare_embedder
+    from indexing.embedder import Embedder
+    from indexing.store import open_store
+
+    return open_store(settings), Embedder(prepare_embedder(settings, progress=progress))
+
+
+def train_domain(domain: str | Domain, settings: Settings | None = None, config=None, *, out: str | Path | None = None,
+                 data_file: str | Path | None = None, export_data: str | Path | None = None, limit: int = 0,
+                 seed: int = 0, progress: Progress = _quiet) -> dict:
+    """Build the domain's training examples (or read exported ones) and train its adapter. Returns the
+    adapter manifest, or `{"exported": N, "path": ...}` when `export_data` is given."""
+    from assistant.building.training import TrainConfig, build_examples, train_adapter
+    from assistant.serving.models import prepare_base_model
+
+    settings = settings or Settings.load()
+    dom = domain if isinstance(domain, Domain) else get_domain(domain, settings)
+    config = config or TrainConfig(seed=seed)
+    base_model, base_sha = prepare_base_model(settings, progress=progress)
+    if data_file:
+        examples = [json.loads(line) for line in open(data_file, encoding="utf-8") if line.strip()]
+    else:
+        from transformers import AutoTokenizer
+
+        from assistant.building.indexer import index_domain
+        from indexing.retriever import Retriever
+
+        store, embedder = open_store_and_embedder(settings, progress)
+        try:
+            if not store.has_collection(dom.name):
+                index_domain(dom, store, embedder)
+            tokenizer = AutoTokenizer.from_pretrained(str(base_model))
+            retriever = Retriever(store, embedder, max_query_chars=settings.max_question_chars)
+            examples = build_examples(dom, retriever, tokenizer, limit=limit, seed=config.seed)
+        finally:
+            store.close()
+    if export_data:
+        with open(export_data, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(e) + "\n" for e in examples)
+        return {"exported": len(examples), "path": str(export_data)}
+    return train_adapter(examples, base_model, out or dom.adapter_path, config, base_model_sha256=base_sha,
+                         domain=dom.name)
+
+
+def calibrate_domains(names: list[str], settings: Settings | None = None, *, n: int = 300) -> list[dict]:
+    """Evidence-gate thresholds for the named domains (others' questions serve as out-of-domain)."""
+    from assistant.building.calibration import calibrate
+
+    settings = settings or Settings.load()
+    domains = [get_domain(d, settings) for d in list_domains(settings)]
+    targets = [get_domain(d, settings) for d in names]
+    store, embedder = open_store_and_embedder(settings)
+    try:
+        return [calibrate(dom, [o for o in domains if o.name != dom.name], store, embedder, n=n) for dom in targets]
+    finally:
+        store.close()
+
+
+@dataclass
+class NewDomainReport:
+    root: Path
+    documents: int
+    chunks: int
+    skipped: list[str] = field(default_factory=list)      # files that could not be read, with the reason
+    synthetic: int = 0
+    manifest: dict | None = None
+    calibration: dict | None = None
+    evaluation: dict | None = None
+    split: str | None = None
+
+
+class WorkflowStepError(AssistantError):
+    """A step of new-domain failed after the domain was created: says which command continues from it."""
+
+    def __init__(self, cause: BaseException, root: Path, step: str):
+        super().__init__(f"{cause}\n{root} is created and indexed; go on from the failed step with: {step}")
+        self.cause = cause
+        for attr in ("status", "type", "code", "exit_code"):
+            setattr(self, attr, getattr(cause, attr, getattr(AssistantError, attr)))
+
+
+def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, *, qa: str | Path | None = None,
+               synthetic: int = 0, description: str = "", train: bool = False, evaluate: bool = False,
+               train_config=None, eval_limit: int | None = None, progress: Progress = _quiet) -> NewDomainReport:
+    """One call from a folder of documents to an indexed (and, if asked, trained, calibrated and scored)
+    domain: scaffold -> index -> synthesise Q&A -> train -> calibrate -> eval."""
+    from assistant.building.indexer import index_domain
+    from assistant.building.scaffold import create_domain, synthesize_qa
+
+    settings = settings or Settings.load()
+    train = train or evaluate
+    if train and not (qa or synthetic > 0):
+        raise InputError("--train/--eval need training questions: give --qa FILE or --synthetic N")
+    root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description)
+    store, embedder = open_store_and_embedder(settings, progress)
+    try:
+        indexed = index_domain(load_domain(root), store, embedder)
+    finally:
+        store.close()
+    report = NewDomainReport(root=root, documents=indexed.documents, chunks=indexed.chunks,
+                             skipped=[str(e) for e in indexed.errors])
+    progress(f"created {root} and indexed {indexed.documents} documents ({indexed.chunks} chunks)")
+    if synthetic and not qa:
+        from assistant.serving.engine import Engine
+        from assistant.serving.models import prepare_base_model
+
+        with Engine(prepare_base_model(settings)[0], settings) as engine:
+            report.synthetic = len(synthesize_qa(root, engine, n=synthetic))
+        progress(f"wrote {report.synthetic} synthetic Q&A (train/dev) to {root / 'data' / 'qa.jsonl'}")
+    if not train:
+        return report
+    splits = Counter(r.get("split") for r in load_domain(root).qa_rows())
+    if not splits["train"]:
+        raise InputError(f"{name}: no train questions in {root / 'data' / 'qa.jsonl'}; the domain is created and "
+                         f"indexed, add Q&A and run: assistant train {name}")
+    # synthetic domains have no test split (no made-up test data): their dev split is scored instead;
+    # training holds out its own slice of the train split, so dev is unseen; the report names the split
+    report.split = "test" if splits["test"] else "dev" if splits["dev"] else None
+    if evaluate and not report.split:
+        raise InputError(f"{name}: --eval needs held-out questions (split 'test' or 'dev' in the Q&A), but all "
+                         f"{splits['train']} are train; {root} is created and indexed")
+    evaluator = load_evaluator() if evaluate else None
+    step = f"assistant train {name}"
+    try:
+        report.manifest = train_domain(name, settings, train_config, progress=progress)
+        step = f"assistant calibrate {name}"
+        report.calibration = calibrate_domains([name], settings)[0]
+        if evaluator:
+            step = f"assistant eval {name} --split {report.split}"
+            report.evaluation = evaluator([name], settings, split=report.split, limit=eval_limit,
+                                          report_dir=root / "eval")[0]
+    except AssistantError as exc:
+        raise WorkflowStepError(exc, root, step) from exc
+    return report

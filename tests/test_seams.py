@@ -1,0 +1,117 @@
+"""The platform's seams, without the engine: the typed domain spec, the one question rule, the one error map,
+and the one answer serialisation."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from assistant import (
+    AdapterError,
+    AssistantError,
+    ConflictError,
+    DomainError,
+    InputError,
+    QuestionError,
+    QuestionTooLongError,
+    UnknownDomainError,
+    check_question,
+    error_info,
+)
+from assistant.answer import Answer, Citation
+from assistant.domains import get_domain, load_domain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def package_with(tmp_path, toml_edit) -> Path:
+    root = tmp_path / "manufacturing"
+    shutil.copytree(ROOT / "domains" / "manufacturing", root, ignore=shutil.ignore_patterns("*.jsonl", "adapter"))
+    toml = root / "domain.toml"
+    toml.write_text(toml_edit(toml.read_text()))
+    return root
+
+
+def test_domain_toml_is_read_into_typed_specs_with_documented_defaults():
+    dom = get_domain("retail")
+    assert dom.retrieval.mode == "dense" and dom.retrieval.k == 4 and dom.retrieval.scope_qa_meta == "asin"
+    assert isinstance(dom.retrieval.evidence_threshold, float) and dom.generation.max_tokens == 128
+    assert dom.eval.primary_metric == "f1" and dom.privacy.redact_identifiers is False
+    assert get_domain("healthcare").redacts_identifiers and get_domain("healthcare").eval.pii_suite
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("k = 4", "kk = 4"), r"domain.toml:\d+: unknown key 'kk' in \[retrieval\]"),
+    (lambda t: t.replace("k = 4", 'k = "four"'), r"domain.toml:\d+: k in \[retrieval\] must be an integer"),
+    (lambda t: t.replace("embed_title = true", "embed_title = 1"), r"embed_title in \[retrieval\] must be a boolean"),
+    (lambda t: t.replace('mode = "hybrid"', 'mode = "fuzzy"'), r"mode in \[retrieval\] must be one of"),
+    (lambda t: t.replace('primary_metric = "accuracy"', 'primary_metric = "bleu"'), r"primary_metric in \[eval\]"),
+    (lambda t: "colour = 'red'\n" + t, r"domain.toml:1: unknown key 'colour' in top level"),
+    (lambda t: t + "\n[sampling]\nx = 1\n", r"unknown key 'sampling' in top level"),
+    (lambda t: t.replace("[generation]", "[generation"), r"invalid TOML"),
+])
+def test_typos_and_wrong_types_in_domain_toml_are_refused_with_file_key_and_line(tmp_path, edit, message):
+    with pytest.raises(DomainError, match=message):
+        load_domain(package_with(tmp_path, edit))
+
+
+def test_question_rule_is_one_function_driven_by_the_limit():
+    assert check_question("  Why?  ", 10) == "Why?"
+    for bad in ("", "  \n", None, 42):
+        with pytest.raises(QuestionError, match="empty question"):
+            check_question(bad, 10)
+    with pytest.raises(QuestionTooLongError, match="question is 11 characters; the limit is 10"):
+        check_question("x" * 11, 10)
+
+
+def test_the_retriever_takes_its_limit_from_its_caller(prepared, tmp_path):
+    from indexing.embedder import Embedder
+    from indexing.retriever import QueryError, Retriever
+    from indexing.store import QdrantStore
+
+    store = QdrantStore(location=":memory:")
+    long_question = "pump cavitation " * 300  # 4,800 characters
+    with pytest.raises(QueryError, match="limit is 4000"):
+        Retriever(store, Embedder(prepared.embed_model), max_query_chars=4000).retrieve("x", long_question)
+    wide = Retriever(store, Embedder(prepared.embed_model), max_query_chars=6000)
+    with pytest.raises(Exception) as err:  # passes the length rule; fails only because the collection is missing
+        wide.retrieve("x", long_question)
+    assert "limit" not in str(err.value)
+
+
+def test_one_error_map_gives_status_body_and_exit_code():
+    from indexing.store import FilterError, MissingIndexError, StoreBusyError
+
+    cases = [(QuestionError("empty question"), 400, "invalid_request_error"),
+             (QuestionTooLongError("too long"), 413, "invalid_request_error"),
+             (UnknownDomainError("unknown domain 'x'"), 404, "not_found_error"),
+             (AdapterError("refused"), 400, "invalid_request_error"),
+             (ConflictError("exists"), 409, "conflict_error"),
+             (StoreBusyError("held by pid 1"), 409, "conflict_error"),
+             (FilterError("filter title: bad"), 400, "invalid_request_error"),
+             (MissingIndexError("no index for domain 'x'"), 404, "not_found_error"),
+             (DomainError("bad domain.toml"), 500, "server_error"),
+             (KeyError("bug"), 500, "server_error")]
+    for exc, status, kind in cases:
+        info = error_info(exc)
+        assert (info.status, info.type) == (status, kind), exc
+        assert set(info.body()["error"]) == {"message", "type", "code"}
+    assert error_info(KeyError("secret")).message.startswith("internal error (KeyError)")
+    assert "secret" not in error_info(KeyError("secret")).message
+    assert isinstance(QuestionError("x"), (InputError, ValueError, AssistantError))
+    assert {error_info(e).exit_code for e, _, _ in cases[:3]} == {1, 3}
+
+
+def test_answer_to_dict_is_the_one_serialisation():
+    from indexing.retriever import Passage
+
+    shown = Citation.of(1, Passage(id="p1", doc_id="d1", title="T", text="full text", score=0.123456), text="trimmed")
+    answer = Answer(domain="legal", question="q?", text="It says so [1].", citations=[shown], adapter="legal@v1",
+                    adapter_version="v1", abstained=False, passages=[shown], flags=[],
+                    timings={"retrieve_ms": 1.0, "generate_ms": 2.0, "first_token_ms": 0.5})
+    d = answer.to_dict()
+    assert {"domain", "answer", "citations", "adapter", "abstained", "timings"} <= set(d)
+    assert d["citations"] == [{"n": 1, "doc_id": "d1", "title": "T", "score": 0.1235, "text": "trimmed"}]
+    assert "passages" not in answer.to_dict(passages=False) and d["passages"] == d["citations"]
+    assert answer.meta()["adapter_version"] == "v1" and shown.id == "p1"
