@@ -41,7 +41,9 @@ def citations_html(answer: Answer | None) -> str:
     if answer is None:
         return ""
     if not answer.citations:
-        reason = "abstained: not enough evidence" if answer.abstained else "no passage cited"
+        reason = {"gate": "abstained: nothing retrieved is close enough to the question",
+                  "model": "abstained: the model could not answer from the passages"}.get(
+            answer.abstained_by or "", "no passage cited")
         return f"<p class='no-citations'><em>No citations ({reason}).</em></p>"
     items = []
     for c in answer.citations:
@@ -55,6 +57,8 @@ def citations_html(answer: Answer | None) -> str:
 def meta_line(answer: Answer, seconds: float) -> str:
     adapter = answer.adapter or "base model (no adapter)"
     flags = ", ".join(answer.flags) or "ok"
+    if answer.choice:
+        flags += f" · choice {answer.choice['label']!r} picked by scoring {len(answer.choice['scores'])} answers"
     return (f"Adapter: `{adapter}` · latency {seconds:.1f} s (retrieve {answer.timings.get('retrieve_ms', 0):.0f} ms, "
             f"first token {answer.timings.get('first_token_ms') or 0:.0f} ms) · {flags}")
 

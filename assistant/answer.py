@@ -16,6 +16,10 @@ CONDITIONS: dict[str, tuple[bool, bool]] = {"base": (False, False), "rag": (True
                                             "rag+lora": (True, True)}
 
 
+def condition_name(rag: bool, lora: bool) -> str:
+    return next(name for name, flags in CONDITIONS.items() if flags == (rag, lora))
+
+
 def check_question(question, limit: int) -> str:
     """The question rule: a non-empty string of at most `limit` characters (Settings.max_question_chars).
     Returns it stripped."""
@@ -54,11 +58,14 @@ class Answer:
     flags: list[str] = field(default_factory=list)           # "uncited", "invalid_citation", "evidence_gate", ...
     evidence: float | None = None
     timings: dict = field(default_factory=lambda: {"retrieve_ms": 0.0, "generate_ms": 0.0, "first_token_ms": None})
+    abstained_by: str | None = None  # "gate": too little evidence retrieved; "model": the model said it cannot tell
+    choice: dict | None = None       # choice questions: {"form", "label", "calibrated", "scores"}
 
     def meta(self) -> dict:
         """Everything about the answer but its text and citations (the API's `assistant` block)."""
         return {"adapter": self.adapter, "adapter_version": self.adapter_version, "abstained": self.abstained,
-                "flags": list(self.flags), "evidence": self.evidence, "timings": dict(self.timings)}
+                "abstained_by": self.abstained_by, "choice": self.choice, "flags": list(self.flags),
+                "evidence": self.evidence, "timings": dict(self.timings)}
 
     def to_dict(self, *, passages: bool = True) -> dict:
         """The answer contract of DESIGN.md (`domain`, `answer`, `citations`, `adapter`, `abstained`, `timings`)

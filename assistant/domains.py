@@ -46,6 +46,7 @@ class RetrievalSpec:
 class GenerationSpec:
     max_tokens: int = 128            # generated tokens per answer
     temperature: float = 0.0         # 0 = greedy
+    answer_form: str = ""            # "yes/no/maybe": questions without options are answered yes/no/maybe by scoring
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,8 @@ def read_spec(toml_path: Path) -> DomainSpec:
                ">= 0 and below chunk_size"),
               (spec.generation.max_tokens >= 1, "generation", "max_tokens", "at least 1"),
               (spec.generation.temperature >= 0, "generation", "temperature", ">= 0"),
+              (spec.generation.answer_form in ("", "yes/no/maybe"), "generation", "answer_form",
+               '"" or "yes/no/maybe"'),
               (spec.eval.primary_metric in PRIMARY_METRICS, "eval", "primary_metric", f"one of {PRIMARY_METRICS}")]
     for ok, section, key, want in checks:
         if not ok:

@@ -13,18 +13,31 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from assistant.answer import Answer, Citation, check_question
+from assistant.answer import Answer, Citation, check_question, condition_name
+from assistant.choices import ChoiceForm, combine, decide, form_for, read_calibration
 from assistant.config import Settings, configure_environment
 from assistant.domains import Domain, DomainError, UnknownDomainError, get_domain, list_domains
 from assistant.errors import AdapterError
 from assistant.prompting import build_messages, parse_citations
 from assistant.redaction import redact
 from assistant.serving.adapters import Adapter
-from assistant.serving.engine import GenerationRequest, GenerationResult
+from assistant.serving.engine import GenerationRequest, GenerationResult, ScoreRequest
 
 __all__ = ["Answer", "Citation", "Platform", "make_engine"]
+CHOICE_EXPLANATION_TOKENS = 64  # after a scored label, the reply is one supporting sentence and its citation
 _IDK = re.compile(r"\b(do not know|don't know|cannot answer|can't answer|not enough information|no information)\b",
                   re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class _Draft:
+    """An answer being made: what is known so far and the generation request that finishes it."""
+    answer: Answer
+    request: GenerationRequest | None          # None: the evidence gate answered
+    rag: bool = True
+    form: ChoiceForm | None = None             # a choice question: its label is scored before generation
+    messages_for: object = None                # options order -> chat messages (lettered options only)
+    prefix: str = ""                           # the reply's forced start (the chosen label)
 
 
 class Platform:
@@ -127,8 +140,8 @@ class Platform:
 
     # ---- answering ---------------------------------------------------------------------------
     def _prepare(self, domain: str, question: str, rag: bool, lora: bool, k: int | None, filter: dict | None,
-                 options: dict | None, max_tokens: int | None) -> tuple[Answer, GenerationRequest | None]:
-        """The answer so far and the request that finishes it (None: the evidence gate answered)."""
+                 options: dict | None, max_tokens: int | None, form: str | None = None) -> _Draft:
+        """The answer so far and the request that finishes it."""
         dom = self.domain(domain)
         question = check_question(question, self.settings.max_question_chars)
         started = time.perf_counter()
@@ -149,24 +162,70 @@ class Platform:
             answer.flags.append("evidence_gate")
             answer.text = (f"I don't know from the {dom.title} documents: nothing retrieved is close enough to "
                            f"this question to answer it from evidence.")
-            return answer, None
+            answer.abstained_by = "gate"
+            return _Draft(answer, None, rag)
         max_new = int(max_tokens or dom.generation.max_tokens)
         budget = self.settings.max_model_len - max_new - 8
         clean = redact if dom.redacts_identifiers else (lambda text: text)
-        messages, shown = build_messages(
-            dom.system_prompt, question,
-            [dataclasses.replace(p, text=clean(p.text)) for p in passages],
-            self.engine.tokenizer, answer_template=dom.answer_template, options=options, budget_tokens=budget,
-            rag=rag)
+        cleaned = [dataclasses.replace(p, text=clean(p.text)) for p in passages]
+
+        def messages_for(shown_options):
+            return build_messages(dom.system_prompt, question, cleaned, self.engine.tokenizer,
+                                  answer_template=dom.answer_template, options=shown_options, budget_tokens=budget,
+                                  rag=rag)
+
+        messages, shown = messages_for(options)
         if rag and len(shown) < len(passages):
             answer.flags.append(f"trimmed_passages:{len(passages) - len(shown)}")
         answer.passages = shown
         request = GenerationRequest(messages=messages, adapter=dom.name if adapter else None, max_tokens=max_new,
                                     temperature=dom.generation.temperature)
-        return answer, request
+        choice = form_for(options, form or (dom.generation.answer_form if not options else None))
+        return _Draft(answer, request, rag, choice, lambda o: messages_for(o)[0])
 
-    def _finish(self, answer: Answer, result: GenerationResult, rag: bool) -> Answer:
-        answer.text = result.text.strip()
+    # ---- choice questions: the label is scored, then the reply starts with it ---------------------
+    def _choice_bias(self, answer: Answer, form: ChoiceForm, rag: bool) -> dict | None:
+        """The domain's prior correction for this form and condition, if it was calibrated for this adapter."""
+        dom = self.domains[answer.domain]
+        calibration = read_calibration(dom.root).get(form.kind, {})
+        entry = calibration.get(condition_name(rag, answer.adapter is not None))
+        if not entry:
+            return None
+        if entry.get("adapter") != answer.adapter:  # calibrated for another adapter version: do not apply
+            answer.flags.append("choice_calibration_stale")
+            return None
+        return entry.get("bias")
+
+    def _choose(self, drafts: list[_Draft]) -> None:
+        """Score every allowed answer of the choice drafts in one engine batch; start each reply with its label."""
+        todo = [d for d in drafts if d.request is not None and d.form is not None]
+        if not todo:
+            return
+        requests, orders = [], []
+        for d in todo:
+            shown = d.form.orders()
+            orders.append(len(shown))
+            for order in shown:
+                messages = d.request.messages if order is None else d.messages_for(order)
+                requests.append(ScoreRequest(messages=messages, continuations=d.form.continuations(),
+                                             adapter=d.request.adapter))
+        started = time.perf_counter()
+        scores = iter(self.engine.score(requests))
+        score_ms = (time.perf_counter() - started) * 1000
+        for d, count in zip(todo, orders, strict=True):
+            per_label = combine(d.form, [next(scores) for _ in range(count)])
+            bias = self._choice_bias(d.answer, d.form, d.rag)
+            label = decide(per_label, bias)
+            d.answer.choice = {"form": str(d.form.kind), "label": label, "calibrated": bias is not None,
+                               "scores": {k: round(v, 4) for k, v in per_label.items()}}
+            d.prefix = d.form.reply_prefix(label)
+            d.answer.timings["score_ms"] = round(score_ms, 1)
+            prompt = self.engine.render(d.request) + self.engine.tokenizer.encode(d.prefix, add_special_tokens=False)
+            d.request = dataclasses.replace(d.request, messages=None, prompt_token_ids=prompt,
+                                            max_tokens=min(d.request.max_tokens, CHOICE_EXPLANATION_TOKENS))
+
+    def _finish(self, answer: Answer, result: GenerationResult, rag: bool, prefix: str = "") -> Answer:
+        answer.text = (prefix + result.text).strip()
         if self.domains[answer.domain].redacts_identifiers:
             answer.text = redact(answer.text)
         answer.timings["generate_ms"] = round(result.total_s * 1000, 1)
@@ -178,46 +237,66 @@ class Platform:
                 answer.flags.append("invalid_citation")
             if not valid:
                 answer.flags.append("uncited")
-        if _IDK.search(answer.text) and not answer.citations:
+        if _IDK.search(answer.text) and not answer.citations and answer.choice is None:
             answer.abstained = True
+            answer.abstained_by = "model"
         return answer
 
     def ask(self, domain: str, question: str, *, rag: bool = True, lora: bool = True, k: int | None = None,
-            filter: dict | None = None, options: dict | None = None, max_tokens: int | None = None) -> Answer:
+            filter: dict | None = None, options: dict | None = None, max_tokens: int | None = None,
+            form: str | None = None) -> Answer:
+        """One grounded answer. `options` (letter -> text) or `form="yes/no/maybe"` make it a choice question:
+        the label is picked by scoring every allowed one, and the reply starts with it."""
         return self.ask_many([(domain, question)], rag=rag, lora=lora, k=k, filter=filter, options=options,
-                             max_tokens=max_tokens)[0]
+                             max_tokens=max_tokens, form=form)[0]
 
     def ask_many(self, items, *, rag: bool = True, lora: bool = True, k: int | None = None,
                  filter: dict | None = None, options: dict | None = None,
-                 max_tokens: int | None = None) -> list[Answer]:
+                 max_tokens: int | None = None, form: str | None = None) -> list[Answer]:
         """Many questions, mixed domains, one vLLM batch (each prompt with its own domain's adapter).
 
-        items: (domain, question) pairs, or dicts with domain, question and optional rag, lora, filter, options."""
-        prepared = []
+        items: (domain, question) pairs, or dicts with domain, question and optional rag, lora, k, filter,
+        options, form."""
+        drafts = []
         for item in items:
             spec = dict(item) if isinstance(item, dict) else {"domain": item[0], "question": item[1]}
-            r, lo = spec.get("rag", rag), spec.get("lora", lora)
-            prepared.append((self._prepare(spec["domain"], spec["question"], r, lo, spec.get("k", k),
-                                           spec.get("filter", filter), spec.get("options", options), max_tokens), r))
-        requests = [req for (_, req), _ in prepared if req is not None]
+            drafts.append(self._prepare(spec["domain"], spec["question"], spec.get("rag", rag),
+                                        spec.get("lora", lora), spec.get("k", k), spec.get("filter", filter),
+                                        spec.get("options", options), max_tokens, spec.get("form", form)))
+        self._choose(drafts)
+        requests = [d.request for d in drafts if d.request is not None]
         results = iter(self.engine.generate(requests)) if requests else iter(())
-        return [answer if req is None else self._finish(answer, next(results), r)
-                for (answer, req), r in prepared]
+        return [d.answer if d.request is None else self._finish(d.answer, next(results), d.rag, d.prefix)
+                for d in drafts]
+
+    def choice_scores(self, items, *, rag: bool = True, lora: bool = True) -> list[dict | None]:
+        """The scores every allowed answer gets (before any prior correction), without writing the replies:
+        what `assistant calibrate` fits the prior correction on. None where the gate answered."""
+        drafts = []
+        for item in items:
+            spec = dict(item)
+            drafts.append(self._prepare(spec["domain"], spec["question"], spec.get("rag", rag), spec.get("lora", lora),
+                                        spec.get("k"), spec.get("filter"), spec.get("options"), 1, spec.get("form")))
+        self._choose(drafts)
+        return [d.answer.choice | {"adapter": d.answer.adapter} if d.answer.choice else None for d in drafts]
 
     def stream(self, domain: str, question: str, *, rag: bool = True, lora: bool = True, k: int | None = None,
                filter: dict | None = None, options: dict | None = None,
-               max_tokens: int | None = None) -> Iterator[str | Answer]:
+               max_tokens: int | None = None, form: str | None = None) -> Iterator[str | Answer]:
         """Yields text pieces as they are generated, then the final Answer (citations checked)."""
-        answer, request = self._prepare(domain, question, rag, lora, k, filter, options, max_tokens)
-        if request is None:
-            yield answer.text
-            yield answer
+        draft = self._prepare(domain, question, rag, lora, k, filter, options, max_tokens, form)
+        if draft.request is None:
+            yield draft.answer.text
+            yield draft.answer
             return
-        for item in self.engine.stream(request):
+        self._choose([draft])
+        if draft.prefix:
+            yield draft.prefix
+        for item in self.engine.stream(draft.request):
             if isinstance(item, str):
                 yield item
             else:
-                yield self._finish(answer, item, rag)
+                yield self._finish(draft.answer, item, rag, draft.prefix)
 
     def reload_adapter(self, domain: str, path=None):
         """Serve an adapter version (a directory, or the domain's own adapter/) from the next request on,

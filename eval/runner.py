@@ -19,11 +19,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from assistant.answer import CONDITIONS
+from assistant.choices import read_calibration
+from assistant.data_format import AnswerType
 
 from .answer_metrics import CHOICE_TYPES, NUMERIC_TYPES, SPAN_TYPES, TEXT_TYPES, score_answer
 from .retrieval_metrics import mean_scores, score_query
 from .statistics import mean_ci, paired_comparison
 
+ANSWERING_VERSION = "choices-scored-1"  # bump when the answer pipeline changes what it answers
 RETRIEVAL_FETCH = 30  # chunks, so that 10 distinct documents are usually there
 
 
@@ -41,15 +44,15 @@ def sample_rows(domain, split: str, limit: int | None, seed: int = 0) -> list[di
 
 
 def fingerprint(platform, domain) -> str:
-    adapters = platform.engine.adapters
-    adapter = adapters.get(domain.name) if domain.name in adapters else None
+    adapter = platform.adapter_for(domain.name)
     model = Path(platform.engine.model_path)
     prepared = model / "prepared.json"
     parts = [str(model), prepared.read_text() if prepared.is_file() else "",
              adapter.served_name if adapter else "-", domain.system_prompt, domain.answer_template,
              json.dumps(asdict(domain.retrieval), sort_keys=True),
              json.dumps(asdict(domain.generation), sort_keys=True),
-             str(platform.settings.max_model_len)]
+             str(platform.settings.max_model_len), ANSWERING_VERSION,
+             json.dumps(read_calibration(domain.root), sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
 
@@ -84,7 +87,9 @@ def answer_specs(domain, rows: list[dict], conditions: list[str]) -> list[tuple[
             rag, lora = CONDITIONS[cond]
             specs.append((f"{row['qid']}|{cond}", {"domain": domain.name, "question": row["question"], "rag": rag,
                                                    "lora": lora, "filter": domain.scope_filter(row),
-                                                   "options": row.get("options")}))
+                                                   "options": row.get("options"),
+                                                   "form": row.get("answer_type") if row.get("answer_type")
+                                                   == AnswerType.YES_NO_MAYBE else None}))
     return specs
 
 
@@ -97,7 +102,8 @@ def generate(platform, domain, rows, conditions, cache: AnswerCache, batch_size:
         answers = platform.ask_many([spec for _, spec in batch])
         cache.add([{"key": key, "text": a.text, "abstained": a.abstained, "adapter": a.adapter,
                     "cited": [c.doc_id for c in a.citations], "shown": [p.doc_id for p in a.passages],
-                    "flags": a.flags} for (key, _), a in zip(batch, answers)])
+                    "flags": a.flags, "abstained_by": a.abstained_by,
+                    "choice": a.choice} for (key, _), a in zip(batch, answers, strict=True)])
         bar.update(len(batch))
     bar.close()
 
@@ -182,7 +188,7 @@ def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int |
     started = time.perf_counter()
     generate(platform, domain, rows, conditions, cache, batch_size, progress)
     answers, per_question = summarise(domain, rows, cache, conditions)
-    adapter = platform.engine.adapters.get(domain.name) if domain.name in platform.engine.adapters else None
+    adapter = platform.adapter_for(domain.name)
     result = {
         "domain": domain.name, "split": split, "n": len(rows),
         "n_split": len(domain.qa_rows(split)), "limit": limit, "sample_seed": seed,

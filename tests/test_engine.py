@@ -66,3 +66,31 @@ def test_hot_reload_new_version_gets_new_id_and_new_output(engine, prepared, ran
     assert out_v1.token_ids != out_v2.token_ids
     # Re-registering the same version keeps its id (no duplicate slots).
     assert engine.register_adapter("gamma", v2_path).lora_id == v2.lora_id
+
+
+def test_scoring_matches_hf_log_probabilities(engine, prepared, random_adapters):
+    """Engine.score: the log-probability of each continuation after the prompt, for single-token continuations
+    (read from the next token's top 20) and multi-token ones (prompt logprobs), with and without an adapter,
+    equals HF transformers (+ peft) in float32."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from assistant.serving.engine import GenerationRequest, ScoreRequest
+
+    messages = [{"role": "user", "content": "Is the sky blue on a clear day? Answer yes or no."}]
+    continuations = ["Yes", "No", "Maybe", "Yes, it is blue."]
+    scores = engine.score([ScoreRequest(messages=messages, continuations=continuations),
+                           ScoreRequest(messages=messages, continuations=continuations, adapter="alpha")])
+    prompt = engine.render(GenerationRequest(messages=messages))
+    for (adapter, got) in ((None, scores[0]), (random_adapters["alpha"], scores[1])):
+        model = AutoModelForCausalLM.from_pretrained(str(prepared.base_model), dtype=torch.float32)
+        if adapter:
+            model = PeftModel.from_pretrained(model, str(adapter))
+        for text, value in zip(continuations, got, strict=True):
+            cont = engine.tokenizer.encode(text, add_special_tokens=False)
+            ids = torch.tensor([prompt + cont])
+            with torch.no_grad():
+                logits = model(input_ids=ids).logits.log_softmax(-1)[0]
+            want = sum(float(logits[len(prompt) + i - 1, t]) for i, t in enumerate(cont))
+            assert abs(value - want) < 0.05, (adapter, text, value, want)

@@ -117,3 +117,32 @@ def test_injected_document_is_data_not_instructions(platform, tmp_path):
     assert poisoned.text.split(".")[0] == clean.text.split(".")[0]  # same choice with and without the plant
     planted = next(p for p in poisoned.passages if p.doc_id == "planted")
     assert "<|im_start|>" not in planted.text and "<|im_end|>" not in planted.text
+
+
+def test_choice_questions_are_answered_by_scoring_every_allowed_answer(platform):
+    """Lettered options and yes/no/maybe: the label is the best-scored allowed answer (options shown in every
+    cyclic order), the reply starts with it (parseable by construction), and the scores come back."""
+    from eval.answer_metrics import parse_choice, parse_yes_no_maybe
+
+    mcq = [qa_row("manufacturing", index=i) for i in range(4)]
+    ynm = [qa_row("healthcare", index=i) for i in range(4)]
+    answers = platform.ask_many([ask_spec("manufacturing", r) for r in mcq]
+                                + [ask_spec("healthcare", r) | {"form": "yes/no/maybe"} for r in ynm])
+    for row, a in zip(mcq, answers[:4], strict=True):
+        if a.abstained:
+            continue
+        assert a.choice["form"] == "multiple_choice" and set(a.choice["scores"]) == set(row["options"])
+        assert a.choice["label"] == max(a.choice["scores"], key=a.choice["scores"].get)
+        assert parse_choice(a.text, row["options"]) == a.choice["label"]
+        assert a.text.startswith(f"{a.choice['label']}. {row['options'][a.choice['label']]}")
+    for a in answers[4:]:
+        if a.abstained:
+            continue
+        assert a.choice["form"] == "yes/no/maybe" and set(a.choice["scores"]) == {"yes", "no", "maybe"}
+        assert parse_yes_no_maybe(a.text) == a.choice["label"]
+        assert a.abstained_by is None
+
+
+def test_gate_abstention_says_it_was_the_gate(platform):
+    a = platform.ask("legal", "How do I bake sourdough bread with a crispy crust?")
+    assert a.abstained and a.abstained_by == "gate" and a.to_dict()["abstained_by"] == "gate"

@@ -115,3 +115,50 @@ def test_answer_to_dict_is_the_one_serialisation():
     assert d["citations"] == [{"n": 1, "doc_id": "d1", "title": "T", "score": 0.1235, "text": "trimmed"}]
     assert "passages" not in answer.to_dict(passages=False) and d["passages"] == d["citations"]
     assert answer.meta()["adapter_version"] == "v1" and shown.id == "p1"
+
+
+def test_synthetic_pairs_must_be_supported_and_must_not_restate_the_question():
+    from assistant.building.scaffold import check_synthetic_pair
+
+    chunk = "Cavitation happens when the pump's inlet pressure drops below the vapour pressure of the liquid."
+    question = "Why do pumps cavitate?"
+    assert check_synthetic_pair(question, "inlet pressure drops below the vapour pressure", chunk) is None
+    assert check_synthetic_pair("Why do pumps cavitate?", "Pumps cavitate.", chunk) == "answer restates the question"
+    assert check_synthetic_pair("Why do pumps cavitate?", "worn impeller bearings", chunk) == \
+        "answer not supported by its passage"
+    assert check_synthetic_pair("Tell me about pumps", "inlet pressure", chunk) == "not a question"
+
+
+def test_choice_scores_are_debiased_over_option_orders_and_prior_corrected():
+    from assistant.choices import combine, decide, fit_bias, form_for
+
+    form = form_for({"A": "oil", "B": "noise", "C": "heat"})
+    assert form.orders()[1] == {"A": "noise", "B": "heat", "C": "oil"}
+    # a model that always prefers position A, but gives "heat" a real edge wherever it is shown
+    position_bias = [2.0, 0.0, 0.0]
+    per_order = []
+    for order in form.orders():
+        per_order.append([position_bias[i] + (1.0 if text == "heat" else 0.0) for i, text in enumerate(order.values())])
+    scores = combine(form, per_order)
+    assert decide(scores) == "C"  # without the rotations, position A's bias would have won every time
+    ynm = form_for(answer_type="yes/no/maybe")
+    rows = [{"yes": -0.1, "no": -2.5, "maybe": -3.0}] * 6 + [{"yes": -0.2, "no": -1.8, "maybe": -3.0}] * 4
+    golds = ["yes"] * 6 + ["no"] * 4
+    bias, accuracy = fit_bias(rows, golds, ynm.labels)
+    assert accuracy == 1.0 and bias["yes"] == 0.0 and decide(rows[-1], bias) == "no"
+
+
+def test_cli_maps_errors_to_one_line_and_exit_codes():
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "assistant", *args], capture_output=True, text=True, timeout=120)
+
+    unknown = run("ask", "astrology", "Will I be rich?")
+    assert unknown.returncode == 3 and unknown.stderr.strip().startswith("Error: unknown domain 'astrology'")
+    assert "Traceback" not in unknown.stderr
+    empty = run("ask", "legal", "   ")
+    assert empty.returncode == 1 and "Error: empty question" in empty.stderr and "Traceback" not in empty.stderr
+    usage = run("eval", "legal", "--conditions", "nope")
+    assert usage.returncode == 2  # click's own usage errors

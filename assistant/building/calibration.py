@@ -74,3 +74,50 @@ def write_threshold(domain: Domain, threshold: float, tpr: float, tnr: float, n_
         raise DomainError(f"{path}: expected one evidence_threshold line under [retrieval]")
     path.write_text(new, encoding="utf-8")
     domain.retrieval = replace(domain.retrieval, evidence_threshold=threshold)
+
+
+def calibrate_choices(platform, domain: Domain, *, n: int = 200, seed: int = 0, batch_size: int = 64,
+                      progress: bool = True) -> dict:
+    """Per-label prior correction for the domain's yes/no/maybe questions, one per condition (base, +RAG,
+    +LoRA, +RAG+LoRA): biases that maximise accuracy on up to n train questions, given the scores the served
+    adapter gives each label. Written to the package's choice_calibration.json with the adapter it fits."""
+    from tqdm.auto import tqdm
+
+    from assistant.answer import CONDITIONS
+    from assistant.choices import YES_NO_MAYBE, fit_bias, read_calibration, write_calibration
+    from assistant.data_format import AnswerType
+
+    rng = random.Random(seed)
+    rows = [r for r in domain.qa_rows("train") if r.get("answer_type") == AnswerType.YES_NO_MAYBE and r.get("answer")]
+    rng.shuffle(rows)
+    rows = rows[:n]
+    if not rows:
+        return {"domain": domain.name, "choices": "no yes/no/maybe train questions"}
+    calibration = read_calibration(domain.root)
+    entries = calibration.setdefault(str(AnswerType.YES_NO_MAYBE), {})
+    report = {"domain": domain.name, "n": len(rows), "conditions": {}}
+    bar = tqdm(total=len(rows) * len(CONDITIONS), desc=f"choice priors {domain.name}", unit="question",
+               disable=not progress)
+    for condition, (rag, lora) in CONDITIONS.items():
+        scored, golds, adapter = [], [], None
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start:start + batch_size]
+            choices = platform.choice_scores([{"domain": domain.name, "question": r["question"], "rag": rag,
+                                               "lora": lora, "filter": domain.scope_filter(r),
+                                               "form": AnswerType.YES_NO_MAYBE} for r in batch])
+            bar.update(len(batch))
+            for row, choice in zip(batch, choices, strict=True):
+                if choice:  # gated answers carry no scores
+                    scored.append(choice["scores"])
+                    golds.append(str(row["answer"][0]).lower())
+                    adapter = choice["adapter"]
+        if not scored:
+            continue
+        bias, accuracy = fit_bias(scored, golds, YES_NO_MAYBE)
+        raw = sum(max(s, key=s.get) == g for s, g in zip(scored, golds, strict=True)) / len(golds)
+        entries[condition] = {"adapter": adapter, "bias": bias, "n": len(golds),
+                              "train_accuracy": round(accuracy, 4), "train_accuracy_uncorrected": round(raw, 4)}
+        report["conditions"][condition] = entries[condition]
+    bar.close()
+    write_calibration(domain.root, calibration)
+    return report

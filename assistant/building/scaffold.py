@@ -115,28 +115,64 @@ def _read_qa(path: Path) -> list[dict]:
     return rows
 
 
-def synthesize_qa(root: Path, engine, n: int = 50, seed: int = 0, dev_fraction: float = 0.2) -> list[dict]:
-    """Ask the base model for one question/answer per sampled chunk; keep well-formed pairs; train/dev split."""
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+_STOPWORDS = frozenset("a an the of to in on for and or is are was were be been do does did what which who how "
+                       "when where why this that it its with by from as at can you your".split())
+
+
+def check_synthetic_pair(question: str, answer: str, chunk_text: str) -> str | None:
+    """Why a generated pair is not worth training on (None: keep it). The answer must be supported by its
+    chunk (most of its content words appear there) and must say something the question does not."""
+    if len(question) < 8 or not question.endswith("?"):
+        return "not a question"
+    answer_words = [w for w in _words(answer) if w not in _STOPWORDS]
+    if not answer_words:
+        return "empty answer"
+    question_words = set(_words(question))
+    new = [w for w in answer_words if w not in question_words]
+    if len(new) < max(1, len(answer_words) // 3):
+        return "answer restates the question"
+    chunk_words = set(_words(chunk_text))
+    if sum(w in chunk_words for w in answer_words) / len(answer_words) < 0.6:
+        return "answer not supported by its passage"
+    return None
+
+
+def synthesize_qa(root: Path, engine, n: int = 50, seed: int = 0, dev_fraction: float = 0.2,
+                  report: dict | None = None) -> list[dict]:
+    """Ask the base model for one question/answer per sampled chunk; keep the pairs worth training on
+    (`check_synthetic_pair`); split train/dev by document, so the dev split that grades the domain never
+    comes from a document whose chunks trained it. `report` (if given) gets the counts and drop reasons."""
     corpus = read_source(root / "data" / "corpus.jsonl").documents
     chunks = [c for d in corpus for c in chunk_document(d)]
     rng = random.Random(seed)
     rng.shuffle(chunks)
     chunks = chunks[:n]
+    docs = sorted({c.doc_id for c in chunks})
+    rng.shuffle(docs)
+    dev_docs = set(docs[: int(round(len(docs) * dev_fraction))]) if len(docs) > 1 else set()
     requests = [GenerationRequest(messages=[{"role": "user", "content": QUESTION_PROMPT.format(passage=c.text)}],
                                   max_tokens=96) for c in chunks]
-    rows = []
-    for chunk, result in zip(chunks, engine.generate(requests)):
+    rows, dropped = [], {}
+    for chunk, result in zip(chunks, engine.generate(requests), strict=True):
         m = _QA.search(result.text)
-        if not m:
+        reason = "no 'Question: ... Answer: ...' in the reply" if not m else None
+        if m:
+            q, a = m["q"].strip().split("\n")[0], m["a"].strip().split("\n")[0]
+            reason = check_synthetic_pair(q, a, chunk.text)
+        if reason:
+            dropped[reason] = dropped.get(reason, 0) + 1
             continue
-        q, a = m["q"].strip().split("\n")[0], m["a"].strip().split("\n")[0]
-        if len(q) < 8 or not q.endswith("?") or not a:
-            continue
-        rows.append({"qid": f"syn-{len(rows)}", "split": "train", "question": q, "answer": [a],
-                     "answer_type": AnswerType.FREE_TEXT.value, "gold_doc_ids": [chunk.doc_id],
-                     "meta": {"synthetic": True}})
-    for row in rows[: int(len(rows) * dev_fraction)]:
-        row["split"] = "dev"
+        rows.append({"qid": f"syn-{len(rows)}", "split": "dev" if chunk.doc_id in dev_docs else "train",
+                     "question": q, "answer": [a], "answer_type": AnswerType.FREE_TEXT.value,
+                     "gold_doc_ids": [chunk.doc_id], "meta": {"synthetic": True}})
+    if report is not None:
+        report.update({"asked": len(chunks), "kept": len(rows), "dropped": dropped,
+                       "train": sum(r["split"] == "train" for r in rows),
+                       "dev": sum(r["split"] == "dev" for r in rows)})
     qa_path = root / "data" / "qa.jsonl"
     with open(qa_path, "a", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)

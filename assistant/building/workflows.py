@@ -80,18 +80,33 @@ def train_domain(domain: str | Domain, settings: Settings | None = None, config=
                          domain=dom.name)
 
 
-def calibrate_domains(names: list[str], settings: Settings | None = None, *, n: int = 300) -> list[dict]:
-    """Evidence-gate thresholds for the named domains (others' questions serve as out-of-domain)."""
-    from assistant.building.calibration import calibrate
+def calibrate_domains(names: list[str], settings: Settings | None = None, *, n: int = 300,
+                      choices: bool = True) -> list[dict]:
+    """Evidence-gate thresholds for the named domains (others' questions serve as out-of-domain), then, for
+    domains with yes/no/maybe questions, the choice prior correction (needs the engine: `calibrate_choices`)."""
+    from assistant.building.calibration import calibrate, calibrate_choices
+    from assistant.data_format import AnswerType
 
     settings = settings or Settings.load()
     domains = [get_domain(d, settings) for d in list_domains(settings)]
     targets = [get_domain(d, settings) for d in names]
     store, embedder = open_store_and_embedder(settings)
     try:
-        return [calibrate(dom, [o for o in domains if o.name != dom.name], store, embedder, n=n) for dom in targets]
+        results = [calibrate(dom, [o for o in domains if o.name != dom.name], store, embedder, n=n)
+                   for dom in targets]
     finally:
         store.close()
+    choice_domains = [d for d in targets if choices and any(r.get("answer_type") == AnswerType.YES_NO_MAYBE
+                                                            for r in d.qa_rows("train"))]
+    if choice_domains:
+        from assistant.platform import Platform
+
+        with Platform.load([get_domain(d.name, settings) for d in choice_domains], settings) as platform:
+            by_name = {d.name: calibrate_choices(platform, platform.domain(d.name)) for d in choice_domains}
+        for result in results:
+            if result["domain"] in by_name:
+                result["choices"] = by_name[result["domain"]]
+    return results
 
 
 @dataclass
@@ -142,9 +157,12 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
         from assistant.serving.engine import Engine
         from assistant.serving.models import prepare_base_model
 
+        counts: dict = {}
         with Engine(prepare_base_model(settings)[0], settings) as engine:
-            report.synthetic = len(synthesize_qa(root, engine, n=synthetic))
-        progress(f"wrote {report.synthetic} synthetic Q&A (train/dev) to {root / 'data' / 'qa.jsonl'}")
+            report.synthetic = len(synthesize_qa(root, engine, n=synthetic, report=counts))
+        reasons = ", ".join(f"{k}: {v}" for k, v in counts["dropped"].items()) or "none"
+        progress(f"synthetic Q&A: kept {counts['kept']} of {counts['asked']} ({counts['train']} train, "
+                 f"{counts['dev']} dev, split by document); dropped: {reasons}; in {root / 'data' / 'qa.jsonl'}")
     if not train:
         return report
     splits = Counter(r.get("split") for r in load_domain(root).qa_rows())
