@@ -18,9 +18,12 @@ _NAME = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
 SYSTEM = ("You are the {title} assistant. Answer only from the numbered passages you are given, briefly, and cite "
           "the passage you used as [n].")
 ANSWER_TEMPLATE = "Passages:\n{passages}\n\nQuestion: {question}\n{options}Answer (cite passages as [n]):\n"
-QUESTION_PROMPT = ("Read the passage and write one question that it answers, then the short answer.\n\n"
-                   "Passage:\n{passage}\n\nReply exactly as:\nQuestion: <question>\nAnswer: <answer>")
-_QA = re.compile(r"Question:\s*(?P<q>.+?)\s*\n+\s*Answer:\s*(?P<a>.+)", re.DOTALL)
+# Answer first: the answer is a sentence copied from the chunk (supported by construction); the model only
+# writes the question that sentence answers.
+QUESTION_PROMPT = ("Passage:\n{passage}\n\nWrite one question that is answered by this sentence of the passage:\n"
+                   "\"{sentence}\"\nReply with the question only.")
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_QUESTION = re.compile(r"([^\n?]{8,300}\?)")
 
 
 def create_domain(name: str, corpus: str | Path, domains_dir: Path, *, qa: str | Path | None = None,
@@ -141,10 +144,17 @@ def check_synthetic_pair(question: str, answer: str, chunk_text: str) -> str | N
     return None
 
 
+def _answer_sentence(text: str, rng: random.Random) -> str:
+    """A sentence of the chunk to be the answer: 6-60 words, not a heading (seeded choice)."""
+    sentences = [s.strip() for s in _SENTENCE.split(text.replace("\n", " ")) if 6 <= len(s.split()) <= 60]
+    return rng.choice(sentences) if sentences else ""
+
+
 def synthesize_qa(root: Path, engine, n: int = 50, seed: int = 0, dev_fraction: float = 0.2,
                   report: dict | None = None) -> list[dict]:
-    """Ask the base model for one question/answer per sampled chunk; keep the pairs worth training on
-    (`check_synthetic_pair`); split train/dev by document, so the dev split that grades the domain never
+    """One question per sampled chunk, answer first: a sentence of the chunk is the answer and the base model
+    writes the question it answers; keep the pairs worth training on (`check_synthetic_pair`: not a restated
+    question, supported by the chunk); split train/dev by document, so the dev split that grades the domain never
     comes from a document whose chunks trained it. `report` (if given) gets the counts and drop reasons."""
     corpus = read_source(root / "data" / "corpus.jsonl").documents
     chunks = [c for d in corpus for c in chunk_document(d)]
@@ -154,20 +164,23 @@ def synthesize_qa(root: Path, engine, n: int = 50, seed: int = 0, dev_fraction: 
     docs = sorted({c.doc_id for c in chunks})
     rng.shuffle(docs)
     dev_docs = set(docs[: int(round(len(docs) * dev_fraction))]) if len(docs) > 1 else set()
-    requests = [GenerationRequest(messages=[{"role": "user", "content": QUESTION_PROMPT.format(passage=c.text)}],
-                                  max_tokens=96) for c in chunks]
+    picked = [(c, _answer_sentence(c.text, rng)) for c in chunks]
+    picked = [(c, s) for c, s in picked if s]
+    requests = [GenerationRequest(messages=[{"role": "user", "content": QUESTION_PROMPT.format(passage=c.text,
+                                                                                               sentence=s)}],
+                                  max_tokens=48) for c, s in picked]
     rows, dropped = [], {}
-    for chunk, result in zip(chunks, engine.generate(requests), strict=True):
-        m = _QA.search(result.text)
-        reason = "no 'Question: ... Answer: ...' in the reply" if not m else None
-        if m:
-            q, a = m["q"].strip().split("\n")[0], m["a"].strip().split("\n")[0]
-            reason = check_synthetic_pair(q, a, chunk.text)
+    if len(picked) < len(chunks):
+        dropped["no sentence of 6-60 words in the chunk"] = len(chunks) - len(picked)
+    for (chunk, sentence), result in zip(picked, engine.generate(requests), strict=True):
+        m = _QUESTION.search(result.text.replace("Question:", " "))
+        q = m.group(1).strip().strip('"') if m else ""
+        reason = check_synthetic_pair(q, sentence, chunk.text) if m else "no question in the reply"
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
             continue
         rows.append({"qid": f"syn-{len(rows)}", "split": "dev" if chunk.doc_id in dev_docs else "train",
-                     "question": q, "answer": [a], "answer_type": AnswerType.FREE_TEXT.value,
+                     "question": q, "answer": [sentence], "answer_type": AnswerType.FREE_TEXT.value,
                      "gold_doc_ids": [chunk.doc_id], "meta": {"synthetic": True}})
     if report is not None:
         report.update({"asked": len(chunks), "kept": len(rows), "dropped": dropped,
