@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from assistant.answer import Answer, Citation, check_question, condition_name
-from assistant.choices import ChoiceForm, combine, decide, form_for, read_calibration
+from assistant.choices import CALIBRATION_FILE, ChoiceForm, combine, decide, form_for, read_calibration
 from assistant.config import Settings, configure_environment
 from assistant.domains import Domain, DomainError, UnknownDomainError, get_domain, list_domains
 from assistant.errors import AdapterError
@@ -36,7 +36,7 @@ class _Draft:
     request: GenerationRequest | None          # None: the evidence gate answered
     rag: bool = True
     form: ChoiceForm | None = None             # a choice question: its label is scored before generation
-    messages_for: object = None                # options order -> chat messages (lettered options only)
+    messages_for: Callable[[dict | None], list[dict]] | None = None  # options order -> chat messages
     prefix: str = ""                           # the reply's forced start (the chosen label)
 
 
@@ -53,6 +53,7 @@ class Platform:
         self.domains = domains
         self.owns_engine = owns_engine
         self.base_model_sha256 = base_model_sha256  # adapters must name it in their manifest (None: not checked)
+        self._calibrations: dict[str, tuple[int | None, dict]] = {}  # domain -> (file mtime, choice calibration)
         self._closed = False
 
     # ---- construction ----------------------------------------------------------------------
@@ -184,10 +185,19 @@ class Platform:
         return _Draft(answer, request, rag, choice, lambda o: messages_for(o)[0])
 
     # ---- choice questions: the label is scored, then the reply starts with it ---------------------
+    def _calibration(self, dom: Domain) -> dict:
+        """The domain's choice_calibration.json, read again only when the file changed (`assistant calibrate`)."""
+        path = dom.root / CALIBRATION_FILE
+        stamp = path.stat().st_mtime_ns if path.is_file() else None
+        cached = self._calibrations.get(dom.name)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, read_calibration(dom.root) if stamp is not None else {})
+            self._calibrations[dom.name] = cached
+        return cached[1]
+
     def _choice_bias(self, answer: Answer, form: ChoiceForm, rag: bool) -> dict | None:
         """The domain's prior correction for this form and condition, if it was calibrated for this adapter."""
-        dom = self.domains[answer.domain]
-        calibration = read_calibration(dom.root).get(form.kind, {})
+        calibration = self._calibration(self.domains[answer.domain]).get(form.kind, {})
         entry = calibration.get(condition_name(rag, answer.adapter is not None))
         if not entry:
             return None
@@ -250,6 +260,16 @@ class Platform:
         return self.ask_many([(domain, question)], rag=rag, lora=lora, k=k, filter=filter, options=options,
                              max_tokens=max_tokens, form=form)[0]
 
+    def _drafts(self, items, *, rag, lora, k, filter, options, max_tokens, form) -> list[_Draft]:
+        """items: (domain, question) pairs or dicts whose keys override the call's defaults."""
+        drafts = []
+        for item in items:
+            spec = dict(item) if isinstance(item, dict) else {"domain": item[0], "question": item[1]}
+            drafts.append(self._prepare(spec["domain"], spec["question"], spec.get("rag", rag),
+                                        spec.get("lora", lora), spec.get("k", k), spec.get("filter", filter),
+                                        spec.get("options", options), max_tokens, spec.get("form", form)))
+        return drafts
+
     def ask_many(self, items, *, rag: bool = True, lora: bool = True, k: int | None = None,
                  filter: dict | None = None, options: dict | None = None,
                  max_tokens: int | None = None, form: str | None = None) -> list[Answer]:
@@ -257,12 +277,8 @@ class Platform:
 
         items: (domain, question) pairs, or dicts with domain, question and optional rag, lora, k, filter,
         options, form."""
-        drafts = []
-        for item in items:
-            spec = dict(item) if isinstance(item, dict) else {"domain": item[0], "question": item[1]}
-            drafts.append(self._prepare(spec["domain"], spec["question"], spec.get("rag", rag),
-                                        spec.get("lora", lora), spec.get("k", k), spec.get("filter", filter),
-                                        spec.get("options", options), max_tokens, spec.get("form", form)))
+        drafts = self._drafts(items, rag=rag, lora=lora, k=k, filter=filter, options=options, max_tokens=max_tokens,
+                              form=form)
         self._choose(drafts)
         requests = [d.request for d in drafts if d.request is not None]
         results = iter(self.engine.generate(requests)) if requests else iter(())
@@ -272,11 +288,7 @@ class Platform:
     def choice_scores(self, items, *, rag: bool = True, lora: bool = True) -> list[dict | None]:
         """The scores every allowed answer gets (before any prior correction), without writing the replies:
         what `assistant calibrate` fits the prior correction on. None where the gate answered."""
-        drafts = []
-        for item in items:
-            spec = dict(item)
-            drafts.append(self._prepare(spec["domain"], spec["question"], spec.get("rag", rag), spec.get("lora", lora),
-                                        spec.get("k"), spec.get("filter"), spec.get("options"), 1, spec.get("form")))
+        drafts = self._drafts(items, rag=rag, lora=lora, k=None, filter=None, options=None, max_tokens=1, form=None)
         self._choose(drafts)
         return [d.answer.choice | {"adapter": d.answer.adapter} if d.answer.choice else None for d in drafts]
 

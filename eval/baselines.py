@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from assistant.data_format import CHOICE_TYPES, UNANSWERABLE, YES_NO_MAYBE_LABELS
+from assistant.data_format import CHOICE_TYPES, UNANSWERABLE, YES_NO_MAYBE_LABELS, AnswerType
 
 from .answer_metrics import normalize, score_answer
 from .statistics import mean_ci
@@ -30,7 +30,7 @@ def _gold_label(row: dict) -> str | None:
     answers = [str(a) for a in row.get("answer", []) if str(a).strip()]
     if not answers:
         return None
-    return answers[0].lower() if row.get("answer_type") == "yes/no/maybe" else answers[0].upper()
+    return answers[0].lower() if row.get("answer_type") == AnswerType.YES_NO_MAYBE else answers[0].upper()
 
 
 def majority_label(rows: list[dict]) -> str | None:
@@ -39,7 +39,7 @@ def majority_label(rows: list[dict]) -> str | None:
 
 
 def _choice_text(row: dict, label: str) -> str:
-    return label.capitalize() + "." if row.get("answer_type") == "yes/no/maybe" else f"{label}."
+    return label.capitalize() + "." if row.get("answer_type") == AnswerType.YES_NO_MAYBE else f"{label}."
 
 
 def content_words(text: str) -> set[str]:

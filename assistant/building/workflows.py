@@ -109,6 +109,12 @@ def calibrate_domains(names: list[str], settings: Settings | None = None, *, n: 
     return results
 
 
+def require_training_questions(train: bool, qa, synthetic: int) -> None:
+    """Training (and so eval) needs questions: a Q&A file or synthetic ones. Checked before anything is written."""
+    if train and not (qa or synthetic > 0):
+        raise InputError("--train/--eval need training questions: give --qa FILE or --synthetic N")
+
+
 @dataclass
 class NewDomainReport:
     root: Path
@@ -142,8 +148,7 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
 
     settings = settings or Settings.load()
     train = train or evaluate
-    if train and not (qa or synthetic > 0):
-        raise InputError("--train/--eval need training questions: give --qa FILE or --synthetic N")
+    require_training_questions(train, qa, synthetic)
     root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description)
     store, embedder = open_store_and_embedder(settings, progress)
     try:

@@ -249,9 +249,12 @@ def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epoc
     adapter, calibrate the gate and evaluate: one command from a folder of documents to a trained, scored domain."""
     from assistant.building.training import TrainConfig
     from assistant.building.workflows import new_domain as run
+    from assistant.building.workflows import require_training_questions
 
-    if (do_train or do_eval) and not (qa or synthetic > 0):
-        raise click.UsageError("--train/--eval need training questions: give --qa FILE or --synthetic N")
+    try:
+        require_training_questions(do_train or do_eval, qa, synthetic)
+    except InputError as exc:  # a missing option: click's usage error (exit 2)
+        raise click.UsageError(str(exc)) from exc
     report = run(name, corpus, Settings.load(), qa=qa, synthetic=synthetic, description=description,
                  train=do_train, evaluate=do_eval, train_config=TrainConfig(epochs=epochs, max_steps=max_steps),
                  eval_limit=eval_limit, progress=click.echo)

@@ -69,8 +69,7 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 def _response_extras(answer: Answer) -> dict:
     """What the API adds to an OpenAI response: the checked citations and the answer's metadata."""
-    d = answer.to_dict(passages=False)
-    return {"citations": d["citations"], "assistant": answer.meta()}
+    return {"citations": [c.to_dict() for c in answer.citations], "assistant": answer.meta()}
 
 
 def create_app(platform: Platform) -> FastAPI:
