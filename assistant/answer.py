@@ -60,11 +60,12 @@ class Answer:
     timings: dict = field(default_factory=lambda: {"retrieve_ms": 0.0, "generate_ms": 0.0, "first_token_ms": None})
     abstained_by: str | None = None  # "gate": too little evidence retrieved; "model": the model said it cannot tell
     choice: dict | None = None       # choice questions: {"form", "label", "calibrated", "scores"}
+    form: str | None = None          # how it was answered: "yes/no/maybe", "multiple_choice", "evidence" or "free"
 
     def meta(self) -> dict:
         """Everything about the answer but its text and citations (the API's `assistant` block)."""
         return {"adapter": self.adapter, "adapter_version": self.adapter_version, "abstained": self.abstained,
-                "abstained_by": self.abstained_by, "choice": self.choice, "flags": list(self.flags),
+                "abstained_by": self.abstained_by, "form": self.form, "choice": self.choice, "flags": list(self.flags),
                 "evidence": self.evidence, "timings": dict(self.timings)}
 
     def to_dict(self, *, passages: bool = True) -> dict:

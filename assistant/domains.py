@@ -19,6 +19,7 @@ from assistant.errors import DomainError, UnknownDomainError
 
 __all__ = ["DataSource", "Domain", "DomainError", "UnknownDomainError", "get_domain", "list_domains", "load_domain"]
 RETRIEVAL_MODES = ("hybrid", "dense", "sparse")
+ANSWER_FORMS = ("", "yes/no/maybe", "evidence")  # free text, scored label, copied span (assistant.evidence)
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class RetrievalSpec:
 class GenerationSpec:
     max_tokens: int = 128            # generated tokens per answer
     temperature: float = 0.0         # 0 = greedy
-    answer_form: str = ""            # "yes/no/maybe": questions without options are answered yes/no/maybe by scoring
+    answer_form: str = ""            # "": free text; "yes/no/maybe": picked by scoring; "evidence": a copied span
 
 
 @dataclass(frozen=True)
@@ -233,8 +234,8 @@ def read_spec(toml_path: Path) -> DomainSpec:
                ">= 0 and below chunk_size"),
               (spec.generation.max_tokens >= 1, "generation", "max_tokens", "at least 1"),
               (spec.generation.temperature >= 0, "generation", "temperature", ">= 0"),
-              (spec.generation.answer_form in ("", "yes/no/maybe"), "generation", "answer_form",
-               '"" or "yes/no/maybe"'),
+              (spec.generation.answer_form in ANSWER_FORMS, "generation", "answer_form",
+               " or ".join(f'"{f}"' for f in ANSWER_FORMS)),
               (spec.eval.primary_metric in PRIMARY_METRICS, "eval", "primary_metric", f"one of {PRIMARY_METRICS}")]
     for ok, section, key, want in checks:
         if not ok:

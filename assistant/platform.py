@@ -18,6 +18,7 @@ from assistant.choices import CALIBRATION_FILE, ChoiceForm, combine, decide, for
 from assistant.config import Settings, configure_environment
 from assistant.domains import Domain, DomainError, UnknownDomainError, get_domain, list_domains
 from assistant.errors import AdapterError
+from assistant.evidence import EVIDENCE_FORM, EvidenceForm, pick_span
 from assistant.prompting import build_messages, parse_citations
 from assistant.redaction import redact
 from assistant.serving.adapters import Adapter
@@ -38,6 +39,8 @@ class _Draft:
     form: ChoiceForm | None = None             # a choice question: its label is scored before generation
     messages_for: Callable[[dict | None], list[dict]] | None = None  # options order -> chat messages
     prefix: str = ""                           # the reply's forced start (the chosen label)
+    evidence: EvidenceForm | None = None       # an evidence answer: the reply copies one of these spans
+    query_vector: object = None                # the question's embedding (retrieval, gate and span pick)
 
 
 class Platform:
@@ -146,7 +149,7 @@ class Platform:
         dom = self.domain(domain)
         question = check_question(question, self.settings.max_question_chars)
         started = time.perf_counter()
-        passages, evidence = [], None
+        passages, evidence, vector = [], None, None
         if rag:
             vector = self.embedder.embed_query(question)  # once, for both retrieval and the gate
             passages = self.retrieve(dom.name, question, k, filter=filter, query_vector=vector)
@@ -181,12 +184,26 @@ class Platform:
         answer.passages = shown
         request = GenerationRequest(messages=messages, adapter=dom.name if adapter else None, max_tokens=max_new,
                                     temperature=dom.generation.temperature)
-        choice = form_for(options, form or (dom.generation.answer_form if not options else None))
-        return _Draft(answer, request, rag, choice, lambda o: messages_for(o)[0])
+        wanted = form or (dom.generation.answer_form if not options else None)
+        choice = form_for(options, wanted)
+        copies = rag and choice is None and wanted == EVIDENCE_FORM
+        evidence = self._evidence_form(question, shown, max_new) if copies else None
+        answer.form = str(choice.kind) if choice else EVIDENCE_FORM if evidence else "free"
+        return _Draft(answer, request, rag, choice, lambda o: messages_for(o)[0], evidence=evidence,
+                      query_vector=vector)
+
+    def _evidence_form(self, question: str, shown: list[Citation], max_tokens: int) -> EvidenceForm | None:
+        """The spans an evidence answer may copy: those that fit in the reply's token budget."""
+        form = EvidenceForm.of(question, shown)
+        return form.within(max_tokens, self._count_tokens) if form else None
+
+    def _count_tokens(self, text: str) -> int:
+        return len(self.engine.tokenizer.encode(text, add_special_tokens=False))
 
     # ---- choice questions: the label is scored, then the reply starts with it ---------------------
     def _calibration(self, dom: Domain) -> dict:
-        """The domain's choice_calibration.json, read again only when the file changed (`assistant calibrate`)."""
+        """The domain's choice_calibration.json (label priors, span weights), read again only when the file
+        changed (`assistant calibrate`)."""
         path = dom.root / CALIBRATION_FILE
         stamp = path.stat().st_mtime_ns if path.is_file() else None
         cached = self._calibrations.get(dom.name)
@@ -234,12 +251,36 @@ class Platform:
             d.request = dataclasses.replace(d.request, messages=None, prompt_token_ids=prompt,
                                             max_tokens=min(d.request.max_tokens, CHOICE_EXPLANATION_TOKENS))
 
-    def _finish(self, answer: Answer, result: GenerationResult, rag: bool, prefix: str = "") -> Answer:
-        answer.text = (prefix + result.text).strip()
-        if self.domains[answer.domain].redacts_identifiers:
-            answer.text = redact(answer.text)
+    # ---- evidence answers: the span closest to the question is the reply, cited by construction ----------
+    def _quote(self, drafts: list[_Draft]) -> None:
+        """Answer the evidence drafts: embed every candidate span (one batch for all drafts), reply with the span
+        closest to the question and cite the passage it was copied from (no generation step)."""
+        todo = [d for d in drafts if d.request is not None and d.evidence is not None]
+        if not todo:
+            return
+        started = time.perf_counter()
+        vectors = self.embedder.embed([text for d in todo for text in d.evidence.texts()])
+        pick_ms = round((time.perf_counter() - started) * 1000, 1)
+        offset = 0
+        for d in todo:
+            count = len(d.evidence.spans)
+            best, similarity = pick_span(d.query_vector, vectors[offset:offset + count])
+            offset += count
+            span, answer = d.evidence.spans[best], d.answer
+            answer.text = f"{span.text} [{span.n}]"
+            answer.citations = [answer.passages[span.n - 1]]
+            answer.choice = {"form": EVIDENCE_FORM, "candidates": count, "picked": best,
+                             "whole_sentence": span.whole, "similarity": round(similarity, 4)}
+            answer.timings.update(pick_ms=pick_ms, generate_ms=pick_ms, first_token_ms=pick_ms)
+            d.request = None
+
+    def _finish(self, draft: _Draft, result: GenerationResult) -> Answer:
+        answer, rag = draft.answer, draft.rag
         answer.timings["generate_ms"] = round(result.total_s * 1000, 1)
         answer.timings["first_token_ms"] = round(result.first_token_s * 1000, 1)
+        answer.text = (draft.prefix + result.text).strip()
+        if self.domains[answer.domain].redacts_identifiers:
+            answer.text = redact(answer.text)
         if rag:
             valid, invalid = parse_citations(answer.text, len(answer.passages))
             answer.citations = [answer.passages[n - 1] for n in valid]
@@ -280,10 +321,10 @@ class Platform:
         drafts = self._drafts(items, rag=rag, lora=lora, k=k, filter=filter, options=options, max_tokens=max_tokens,
                               form=form)
         self._choose(drafts)
+        self._quote(drafts)
         requests = [d.request for d in drafts if d.request is not None]
         results = iter(self.engine.generate(requests)) if requests else iter(())
-        return [d.answer if d.request is None else self._finish(d.answer, next(results), d.rag, d.prefix)
-                for d in drafts]
+        return [d.answer if d.request is None else self._finish(d, next(results)) for d in drafts]
 
     def choice_scores(self, items, *, rag: bool = True, lora: bool = True) -> list[dict | None]:
         """The scores every allowed answer gets (before any prior correction), without writing the replies:
@@ -297,6 +338,7 @@ class Platform:
                max_tokens: int | None = None, form: str | None = None) -> Iterator[str | Answer]:
         """Yields text pieces as they are generated, then the final Answer (citations checked)."""
         draft = self._prepare(domain, question, rag, lora, k, filter, options, max_tokens, form)
+        self._quote([draft])
         if draft.request is None:
             yield draft.answer.text
             yield draft.answer
@@ -308,7 +350,7 @@ class Platform:
             if isinstance(item, str):
                 yield item
             else:
-                yield self._finish(draft.answer, item, rag, draft.prefix)
+                yield self._finish(draft, item)
 
     def reload_adapter(self, domain: str, path=None):
         """Serve an adapter version (a directory, or the domain's own adapter/) from the next request on,

@@ -12,18 +12,13 @@ Each baseline gives per-question scores on the same questions, so it enters the 
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from assistant.data_format import CHOICE_TYPES, UNANSWERABLE, YES_NO_MAYBE_LABELS, AnswerType
+from assistant.evidence import content_words, sentences
 
-from .answer_metrics import normalize, score_answer
+from .answer_metrics import score_answer
 from .statistics import mean_ci
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-_STOP = frozenset("a an the of to in on for and or is are was were be been do does did what which who whom how "
-                  "when where why this that these those it its with by from as at can could would should will "
-                  "there their they them you your i me my we our us not no yes any if".split())
 
 
 def _gold_label(row: dict) -> str | None:
@@ -42,19 +37,12 @@ def _choice_text(row: dict, label: str) -> str:
     return label.capitalize() + "." if row.get("answer_type") == AnswerType.YES_NO_MAYBE else f"{label}."
 
 
-def content_words(text: str) -> set[str]:
-    return {w for w in normalize(text).split() if w not in _STOP and len(w) > 1}
-
-
 def best_sentence(question: str, passages: list[str]) -> str:
     """The passage sentence sharing the most content words with the question (ties: the earlier one)."""
     wanted = content_words(question)
     best, best_overlap = "", -1
     for text in passages:
-        for sentence in _SENTENCE.split(text):
-            sentence = sentence.strip()
-            if len(sentence) < 3:
-                continue
+        for sentence in sentences(text):
             overlap = len(wanted & content_words(sentence))
             if overlap > best_overlap:
                 best, best_overlap = sentence, overlap

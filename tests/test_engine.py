@@ -70,8 +70,8 @@ def test_hot_reload_new_version_gets_new_id_and_new_output(engine, prepared, ran
 
 def test_scoring_matches_hf_log_probabilities(engine, prepared, random_adapters):
     """Engine.score: the log-probability of each continuation after the prompt, for single-token continuations
-    (read from the next token's top 20) and multi-token ones (prompt logprobs), with and without an adapter,
-    equals HF transformers (+ peft) in float32."""
+    (read from the next token's top 20) and multi-token ones (prompt logprobs, the prompt read from the prefix
+    cache), with and without an adapter, equals HF transformers (+ peft) in float32."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -79,9 +79,11 @@ def test_scoring_matches_hf_log_probabilities(engine, prepared, random_adapters)
     from assistant.serving.engine import GenerationRequest, ScoreRequest
 
     messages = [{"role": "user", "content": "Is the sky blue on a clear day? Answer yes or no."}]
-    continuations = ["Yes", "No", "Maybe", "Yes, it is blue."]
-    scores = engine.score([ScoreRequest(messages=messages, continuations=continuations),
-                           ScoreRequest(messages=messages, continuations=continuations, adapter="alpha")])
+    # the last two share their start: the second may read the first's tokens from the prefix cache
+    continuations = ["Yes", "No", "Maybe", "Yes, it is blue.", "Yes, it is blue and clear on most days."]
+    requests = [ScoreRequest(messages=messages, continuations=continuations),
+                ScoreRequest(messages=messages, continuations=continuations, adapter="alpha")]
+    scores = engine.score(requests)
     prompt = engine.render(GenerationRequest(messages=messages))
     for (adapter, got) in ((None, scores[0]), (random_adapters["alpha"], scores[1])):
         model = AutoModelForCausalLM.from_pretrained(str(prepared.base_model), dtype=torch.float32)

@@ -59,11 +59,33 @@ def test_base_vs_adapter_and_no_rag(platform):
 
 
 def test_stream_yields_text_then_the_checked_answer(platform):
-    row = qa_row("retail")
-    pieces = list(platform.stream("retail", row["question"], filter=get_domain("retail").scope_filter(row)))
+    row = qa_row("finance")  # free-text answers stream token by token
+    pieces = list(platform.stream("finance", row["question"], filter=get_domain("finance").scope_filter(row)))
     final = pieces[-1]
-    assert len(pieces) > 2 and "".join(pieces[:-1]).strip() == final.text
+    assert final.form == "free" and len(pieces) > 2 and "".join(pieces[:-1]).strip() == final.text
     assert final.timings["first_token_ms"] <= final.timings["generate_ms"]
+
+
+@pytest.mark.parametrize("domain", ["legal"])
+def test_evidence_answers_quote_a_shown_passage_and_cite_it(platform, domain):
+    """answer_form = "evidence": the reply is a span of a shown passage, picked by scoring every candidate, and
+    cites the passage it was copied from; streaming gives the same answer."""
+    specs = [ask_spec(domain, qa_row(domain, index=i)) for i in range(4)]
+    answers = platform.ask_many(specs)
+    quoted = 0
+    for a in answers:
+        if a.abstained:
+            continue
+        quoted += 1
+        assert a.form == "evidence" and a.choice["form"] == "evidence" and a.choice["candidates"] >= 1
+        assert len(a.citations) == 1 and a.text.endswith(f" [{a.citations[0].n}]") and "uncited" not in a.flags
+        span = a.text.rsplit(" [", 1)[0]
+        assert span and span in " ".join(a.citations[0].text.split())
+    assert quoted >= 2
+    first = next(a for a in answers if not a.abstained)
+    spec = specs[answers.index(first)]
+    pieces = list(platform.stream(domain, spec["question"], filter=spec["filter"]))
+    assert pieces[-1].text == first.text and "".join(pieces[:-1]).strip() == first.text
 
 
 @pytest.mark.parametrize("question, error, match", [

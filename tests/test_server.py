@@ -153,3 +153,45 @@ def test_hot_reload_serves_a_new_adapter_version_without_restart(server, platfor
     finally:
         back = httpx.post(url, json={}, headers=admin, timeout=120)
         assert back.status_code == 200 and back.json()["adapter_version"] == original
+
+
+def test_bad_adapter_reloads_are_refused_and_every_domain_keeps_serving(server, tmp_path):
+    """A truncated, pickle-only or tampered adapter is refused with a 400 naming the reason; the old version stays
+    current, and the engine keeps answering for that domain and the others (issue 17: one bad reload used to
+    make vLLM's engine core die and take every domain down)."""
+    import shutil
+
+    admin = {"Authorization": "Bearer admin-key"}
+    url = f"{server}/v1/adapters/legal/reload"
+    before = {m["id"]: m["adapter_version"] for m in httpx.get(f"{server}/v1/models", headers=admin).json()["data"]}
+    source = get_domain("legal").adapter_path
+    broken = {}
+    for kind in ("truncated", "pickle", "tampered"):
+        path = tmp_path / kind
+        shutil.copytree(source, path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        (path / "manifest.json").write_text(json.dumps(manifest | {"version": f"{kind}-1"}))
+        weights = path / "adapter_model.safetensors"
+        if kind == "truncated":
+            weights.write_bytes(weights.read_bytes()[:100_000])
+        elif kind == "pickle":
+            weights.rename(path / "adapter_model.bin")
+        else:
+            data = bytearray(weights.read_bytes())
+            data[-8:] = b"\x7f" * 8  # the last weights changed, the header and size kept
+            weights.write_bytes(bytes(data))
+        broken[kind] = path
+    reasons = {"truncated": "sha256 differs", "pickle": "pickle", "tampered": "sha256 differs"}
+    for kind, path in broken.items():
+        resp = httpx.post(url, json={"path": str(path)}, headers=admin, timeout=120)
+        assert resp.status_code == 400 and reasons[kind] in resp.json()["error"]["message"], (kind, resp.text)
+    after = {m["id"]: m["adapter_version"] for m in httpx.get(f"{server}/v1/models", headers=admin).json()["data"]}
+    assert after == before
+    for domain in ("legal", "finance"):
+        row = qa_row(domain)
+        resp = httpx.post(f"{server}/v1/chat/completions", headers=admin, timeout=300,
+                          json=body(domain, row["question"], filter=get_domain(domain).scope_filter(row),
+                                    max_tokens=16))
+        assert resp.status_code == 200, resp.text
+        meta = resp.json()["assistant"]
+        assert meta["abstained"] or meta["adapter"] == f"{domain}@{before[domain]}"

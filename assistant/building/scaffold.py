@@ -81,6 +81,7 @@ evidence_threshold = 0.0   # run `assistant calibrate {name}` once the domain ha
 [generation]
 max_tokens = 128
 temperature = 0.0
+answer_form = "evidence"   # the reply copies a span of a retrieved passage, cited; "" lets the model write freely
 
 [eval]
 primary_metric = "{metric}"

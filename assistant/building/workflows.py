@@ -143,6 +143,7 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
                train_config=None, eval_limit: int | None = None, progress: Progress = _quiet) -> NewDomainReport:
     """One call from a folder of documents to an indexed (and, if asked, trained, calibrated and scored)
     domain: scaffold -> index -> synthesise Q&A -> train -> calibrate -> eval."""
+    from assistant.building.calibration import calibrate
     from assistant.building.indexer import index_domain
     from assistant.building.scaffold import create_domain, synthesize_qa
 
@@ -153,11 +154,16 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
     store, embedder = open_store_and_embedder(settings, progress)
     try:
         indexed = index_domain(load_domain(root), store, embedder)
+        others = [get_domain(d, settings) for d in list_domains(settings) if d != name]
+        gate = calibrate(load_domain(root), others, store, embedder)
     finally:
         store.close()
     report = NewDomainReport(root=root, documents=indexed.documents, chunks=indexed.chunks,
                              skipped=[str(e) for e in indexed.errors])
-    progress(f"created {root} and indexed {indexed.documents} documents ({indexed.chunks} chunks)")
+    report.calibration = gate
+    progress(f"created {root} and indexed {indexed.documents} documents ({indexed.chunks} chunks); evidence "
+             f"gate {gate['threshold']} (rejects {gate['out_of_domain_reject']:.0%} of {gate['n_out']} out-of-domain "
+             f"questions)")
     if synthetic and not qa:
         from assistant.serving.engine import Engine
         from assistant.serving.models import prepare_base_model

@@ -222,7 +222,8 @@ def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size,
 @click.argument("domain")
 @click.option("--n", default=300, show_default=True, type=int, help="In-domain train questions to use.")
 def calibrate(domain, n):
-    """Calibrate the evidence gate (DOMAIN or all) on the train split; writes domain.toml."""
+    """Calibrate DOMAIN (or all) on its train split: the evidence gate (domain.toml) and, with the engine, the
+    yes/no/maybe prior correction (choice_calibration.json)."""
     from assistant.building.workflows import calibrate_domains
     from assistant.domains import list_domains
 

@@ -69,13 +69,18 @@ def adapter_version(path: Path) -> str:
 class AdapterRegistry:
     """name -> current Adapter; hands out one unique LoRA int id per (name, version)."""
 
-    def __init__(self, max_rank: int):
+    def __init__(self, max_rank: int, base_config: dict | None = None):
         self.max_rank = max_rank
+        self.base_config = base_config  # the base model's config.json: adapter shapes are checked against it
         self._current: dict[str, Adapter] = {}
         self._ids: dict[tuple[str, str], int] = {}
         self._lock = threading.Lock()
 
-    def register(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
+    def prepare(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
+        """The Adapter a version would be served as (its own LoRA id), checked, without serving it yet: the
+        engine loads it first and calls `activate` only once that worked, so a failed load changes nothing."""
+        from assistant.serving.adapter_integrity import verify_weights
+
         if not name or "@" in name:
             raise AdapterError(f"adapter name {name!r}: must be non-empty and must not contain '@'")
         path = Path(path).expanduser().resolve()
@@ -83,12 +88,22 @@ class AdapterRegistry:
         rank = int(cfg.get("r", 0))
         if rank > self.max_rank:
             raise AdapterError(f"adapter {name}: rank {rank} exceeds the engine's max_lora_rank {self.max_rank}")
+        manifest_file = path / "manifest.json"
+        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+        verify_weights(path, cfg, manifest, self.base_config)
         version = version or adapter_version(path)
         with self._lock:
             lora_id = self._ids.setdefault((name, version), len(self._ids) + 1)
-            adapter = Adapter(name=name, version=version, path=path, lora_id=lora_id, rank=rank)
-            self._current[name] = adapter
+        return Adapter(name=name, version=version, path=path, lora_id=lora_id, rank=rank)
+
+    def activate(self, adapter: Adapter) -> Adapter:
+        with self._lock:
+            self._current[adapter.name] = adapter
         return adapter
+
+    def register(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
+        """prepare + activate, for engines that load an adapter lazily."""
+        return self.activate(self.prepare(name, path, version))
 
     def get(self, name: str) -> Adapter:
         try:

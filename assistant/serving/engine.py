@@ -24,6 +24,7 @@ from pathlib import Path
 
 from assistant.config import Settings, configure_environment
 from assistant.errors import AdapterError, InputError
+from assistant.serving.adapter_integrity import read_base_config
 from assistant.serving.adapters import Adapter, AdapterRegistry
 
 
@@ -82,7 +83,8 @@ class LoopEngine:
         configure_environment()
         self.settings = settings or Settings.load()
         self.model_path = str(model_path)
-        self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank)
+        self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank,
+                                        base_config=read_base_config(self.model_path))
         self._request_ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="assistant-engine-loop", daemon=True)
@@ -148,12 +150,11 @@ class LoopEngine:
         """The top-k next-token log-probabilities after the prompt (token id -> logprob)."""
         raise NotImplementedError
 
-    async def _continuation_logprob(self, prompt_ids: list[int], continuation: list[int], adapter) -> float:
-        """Sum of the continuation tokens' log-probabilities after the prompt (prompt logprobs)."""
+    async def _continuation_logprobs(self, prompt_ids: list[int], continuation: list[int], adapter) -> list[float]:
+        """Each continuation token's log-probability after the prompt and the tokens before it."""
         raise NotImplementedError
 
-    async def ascore(self, request: ScoreRequest) -> list[float]:
-        """Log-probability of each continuation as the start of the reply (sum over its tokens)."""
+    def _encode_score_request(self, request: ScoreRequest) -> tuple[list[int], list[list[int]], Adapter | None]:
         if self.tokenizer is None:
             raise InputError("scoring needs the engine's tokenizer")
         if not request.continuations:
@@ -165,14 +166,18 @@ class LoopEngine:
         if any(not ids for ids in encoded):
             raise InputError("an empty continuation cannot be scored")
         self._check_fits(prompt_ids, max(len(ids) for ids in encoded) + 1)
-        top = {}
-        if any(len(ids) == 1 for ids in encoded):
-            top = await self._next_token_logprobs(prompt_ids, adapter, self.TOP_LOGPROBS)
+        return prompt_ids, encoded, adapter
+
+    async def ascore(self, request: ScoreRequest) -> list[float]:
+        """Log-probability of each continuation as the start of the reply (sum over its tokens)."""
+        prompt_ids, encoded, adapter = self._encode_score_request(request)
+        # first alone: its prefill puts the prompt in the prefix cache, which the continuations then read
+        top = await self._next_token_logprobs(prompt_ids, adapter, self.TOP_LOGPROBS)
 
         async def one(ids: list[int]) -> float:
             if len(ids) == 1 and ids[0] in top:
                 return top[ids[0]]
-            return await self._continuation_logprob(prompt_ids, ids, adapter)
+            return float(sum(await self._continuation_logprobs(prompt_ids, ids, adapter)))
 
         return list(await asyncio.gather(*(one(ids) for ids in encoded)))
 
@@ -283,12 +288,16 @@ class Engine(LoopEngine):
 
     # ---- adapters --------------------------------------------------------------------------
     def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
-        """Register (or hot-swap to a new version of) an adapter; it is loaded on first use."""
+        """Register (or hot-swap to a new version of) an adapter: checked (weights, shapes, manifest hash), loaded
+        by vLLM, and only then served; on any failure the previous version keeps serving."""
         if not self.lora_enabled:
             raise AdapterError("this engine was started with LoRA disabled")
-        adapter = self.adapters.register(name, path, version)
-        self._run(self._llm.add_lora(self._lora_request(adapter)))
-        return adapter
+        adapter = self.adapters.prepare(name, path, version)
+        try:
+            self._run(self._llm.add_lora(self._lora_request(adapter)))
+        except Exception as exc:  # noqa: BLE001 - vLLM raises many kinds; the old version keeps serving
+            raise AdapterError(f"vLLM could not load adapter {name!r} from {adapter.path}: {exc}") from exc
+        return self.adapters.activate(adapter)
 
     @staticmethod
     def _lora_request(adapter: Adapter):
@@ -323,17 +332,25 @@ class Engine(LoopEngine):
         position = out.outputs[0].logprobs[0]
         return {int(token): lp.logprob for token, lp in position.items()}
 
-    async def _continuation_logprob(self, prompt_ids, continuation, adapter):
+    async def _continuation_logprobs(self, prompt_ids, continuation, adapter):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         ids = list(prompt_ids) + list(continuation)
-        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
-                                output_kind=RequestOutputKind.FINAL_ONLY)
-        out = await self._final_output(ids, params, adapter)
+        # vLLM skips the prefix cache for prompt-logprob requests unless told: reading it is what makes scoring
+        # many continuations of one prompt cheap (only the continuation's tokens are computed; same values).
+        # Cached positions carry no logprobs, so when the cache reached into the continuation (another
+        # continuation with the same start), it is scored again without reading the cache.
+        out = None
+        for read_cache in (True, False):
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False,
+                                    output_kind=RequestOutputKind.FINAL_ONLY, skip_reading_prefix_cache=not read_cache)
+            out = await self._final_output(ids, params, adapter)
+            if (out.num_cached_tokens or 0) < len(prompt_ids):  # the logits before the first token were computed
+                break
         positions = out.prompt_logprobs
         start = len(prompt_ids)
-        return float(sum(positions[i][ids[i]].logprob for i in range(start, len(ids))))
+        return [float(positions[i][ids[i]].logprob) for i in range(start, len(ids))]
 
     async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
         """Yields ("delta", text) pieces, then ("done", GenerationResult)."""

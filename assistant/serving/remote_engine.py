@@ -48,7 +48,7 @@ class RemoteEngine(LoopEngine):
         return [m["id"] for m in resp.json()["data"]]
 
     def register_adapter(self, name: str, path: str | Path, version: str | None = None) -> Adapter:
-        adapter = self.adapters.register(name, path, version)
+        adapter = self.adapters.prepare(name, path, version)
         served = self.served_models()
         if adapter.served_name in served:
             self._model_for[name] = adapter.served_name
@@ -63,7 +63,7 @@ class RemoteEngine(LoopEngine):
                     f"({resp.status_code}: {resp.text[:200]}). Start it with --lora-modules {name}={adapter.path} "
                     f"or with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.")
             self._model_for[name] = adapter.served_name
-        return adapter
+        return self.adapters.activate(adapter)
 
     def _client(self) -> httpx.AsyncClient:
         if self._ahttp is None:  # created on the loop thread, used only there
@@ -118,13 +118,13 @@ class RemoteEngine(LoopEngine):
         # with return_tokens_as_token_ids the keys read "token_id:<id>"
         return {int(key.rsplit(":", 1)[1]): float(lp) for key, lp in top[0].items()}
 
-    async def _continuation_logprob(self, prompt_ids, continuation, adapter):
+    async def _continuation_logprobs(self, prompt_ids, continuation, adapter):
         ids = list(prompt_ids) + list(continuation)
         choice = await self._completion(ids, adapter, prompt_logprobs=0)
         positions = choice.get("prompt_logprobs")
         if not positions:
             raise RemoteEngineError(f"vLLM server at {self.url} returned no prompt_logprobs (needs vLLM >= 0.6)")
-        return float(sum(positions[i][str(ids[i])]["logprob"] for i in range(len(prompt_ids), len(ids))))
+        return [float(positions[i][str(ids[i])]["logprob"]) for i in range(len(prompt_ids), len(ids))]
 
     def _close(self) -> None:
         self._http.close()
