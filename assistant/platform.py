@@ -202,8 +202,7 @@ class Platform:
 
     # ---- choice questions: the label is scored, then the reply starts with it ---------------------
     def _calibration(self, dom: Domain) -> dict:
-        """The domain's choice_calibration.json (label priors, span weights), read again only when the file
-        changed (`assistant calibrate`)."""
+        """The domain's choice_calibration.json, read again only when the file changed (`assistant calibrate`)."""
         path = dom.root / CALIBRATION_FILE
         stamp = path.stat().st_mtime_ns if path.is_file() else None
         cached = self._calibrations.get(dom.name)

@@ -131,4 +131,3 @@ def calibrate_choices(platform, domain: Domain, *, n: int = 200, seed: int = 0, 
     bar.close()
     write_calibration(domain.root, calibration)
     return report
-

@@ -153,9 +153,10 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
     root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description)
     store, embedder = open_store_and_embedder(settings, progress)
     try:
-        indexed = index_domain(load_domain(root), store, embedder)
+        dom = load_domain(root)
+        indexed = index_domain(dom, store, embedder)
         others = [get_domain(d, settings) for d in list_domains(settings) if d != name]
-        gate = calibrate(load_domain(root), others, store, embedder)
+        gate = calibrate(dom, others, store, embedder)
     finally:
         store.close()
     report = NewDomainReport(root=root, documents=indexed.documents, chunks=indexed.chunks,

@@ -50,16 +50,22 @@ def read_adapter_config(path: Path) -> dict:
     return cfg
 
 
-def adapter_version(path: Path) -> str:
-    """Version from manifest.json when present, else the first 12 hex digits of the weights' sha256."""
+def read_manifest_if_any(path: Path) -> dict | None:
+    """The adapter's manifest.json, or None when it has none."""
     manifest = Path(path) / "manifest.json"
-    if manifest.is_file():
-        try:
-            version = json.loads(manifest.read_text()).get("version")
-        except json.JSONDecodeError as exc:
-            raise AdapterError(f"adapter {path}: manifest.json is not valid JSON ({exc})") from exc
-        if version:
-            return str(version)
+    if not manifest.is_file():
+        return None
+    try:
+        return json.loads(manifest.read_text())
+    except json.JSONDecodeError as exc:
+        raise AdapterError(f"adapter {path}: manifest.json is not valid JSON ({exc})") from exc
+
+
+def adapter_version(path: Path, manifest: dict | None = None) -> str:
+    """Version from manifest.json when present, else the first 12 hex digits of the weights' sha256."""
+    version = (manifest if manifest is not None else read_manifest_if_any(path) or {}).get("version")
+    if version:
+        return str(version)
     weights = Path(path) / "adapter_model.safetensors"
     if not weights.is_file():
         weights = Path(path) / "adapter_model.bin"
@@ -88,10 +94,9 @@ class AdapterRegistry:
         rank = int(cfg.get("r", 0))
         if rank > self.max_rank:
             raise AdapterError(f"adapter {name}: rank {rank} exceeds the engine's max_lora_rank {self.max_rank}")
-        manifest_file = path / "manifest.json"
-        manifest = json.loads(manifest_file.read_text()) if manifest_file.is_file() else None
+        manifest = read_manifest_if_any(path)
         verify_weights(path, cfg, manifest, self.base_config)
-        version = version or adapter_version(path)
+        version = version or adapter_version(path, manifest or {})
         with self._lock:
             lora_id = self._ids.setdefault((name, version), len(self._ids) + 1)
         return Adapter(name=name, version=version, path=path, lora_id=lora_id, rank=rank)

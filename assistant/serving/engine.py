@@ -150,11 +150,12 @@ class LoopEngine:
         """The top-k next-token log-probabilities after the prompt (token id -> logprob)."""
         raise NotImplementedError
 
-    async def _continuation_logprobs(self, prompt_ids: list[int], continuation: list[int], adapter) -> list[float]:
-        """Each continuation token's log-probability after the prompt and the tokens before it."""
+    async def _continuation_logprob(self, prompt_ids: list[int], continuation: list[int], adapter) -> float:
+        """Sum of the continuation tokens' log-probabilities after the prompt (prompt logprobs)."""
         raise NotImplementedError
 
-    def _encode_score_request(self, request: ScoreRequest) -> tuple[list[int], list[list[int]], Adapter | None]:
+    async def ascore(self, request: ScoreRequest) -> list[float]:
+        """Log-probability of each continuation as the start of the reply (sum over its tokens)."""
         if self.tokenizer is None:
             raise InputError("scoring needs the engine's tokenizer")
         if not request.continuations:
@@ -166,18 +167,13 @@ class LoopEngine:
         if any(not ids for ids in encoded):
             raise InputError("an empty continuation cannot be scored")
         self._check_fits(prompt_ids, max(len(ids) for ids in encoded) + 1)
-        return prompt_ids, encoded, adapter
-
-    async def ascore(self, request: ScoreRequest) -> list[float]:
-        """Log-probability of each continuation as the start of the reply (sum over its tokens)."""
-        prompt_ids, encoded, adapter = self._encode_score_request(request)
         # first alone: its prefill puts the prompt in the prefix cache, which the continuations then read
         top = await self._next_token_logprobs(prompt_ids, adapter, self.TOP_LOGPROBS)
 
         async def one(ids: list[int]) -> float:
             if len(ids) == 1 and ids[0] in top:
                 return top[ids[0]]
-            return float(sum(await self._continuation_logprobs(prompt_ids, ids, adapter)))
+            return await self._continuation_logprob(prompt_ids, ids, adapter)
 
         return list(await asyncio.gather(*(one(ids) for ids in encoded)))
 
@@ -332,7 +328,7 @@ class Engine(LoopEngine):
         position = out.outputs[0].logprobs[0]
         return {int(token): lp.logprob for token, lp in position.items()}
 
-    async def _continuation_logprobs(self, prompt_ids, continuation, adapter):
+    async def _continuation_logprob(self, prompt_ids, continuation, adapter):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
@@ -350,7 +346,7 @@ class Engine(LoopEngine):
                 break
         positions = out.prompt_logprobs
         start = len(prompt_ids)
-        return [float(positions[i][ids[i]].logprob) for i in range(start, len(ids))]
+        return float(sum(positions[i][ids[i]].logprob for i in range(start, len(ids))))
 
     async def agenerate_stream(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
         """Yields ("delta", text) pieces, then ("done", GenerationResult)."""

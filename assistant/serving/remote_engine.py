@@ -118,13 +118,13 @@ class RemoteEngine(LoopEngine):
         # with return_tokens_as_token_ids the keys read "token_id:<id>"
         return {int(key.rsplit(":", 1)[1]): float(lp) for key, lp in top[0].items()}
 
-    async def _continuation_logprobs(self, prompt_ids, continuation, adapter):
+    async def _continuation_logprob(self, prompt_ids, continuation, adapter):
         ids = list(prompt_ids) + list(continuation)
         choice = await self._completion(ids, adapter, prompt_logprobs=0)
         positions = choice.get("prompt_logprobs")
         if not positions:
             raise RemoteEngineError(f"vLLM server at {self.url} returned no prompt_logprobs (needs vLLM >= 0.6)")
-        return [float(positions[i][str(ids[i])]["logprob"]) for i in range(len(prompt_ids), len(ids))]
+        return float(sum(positions[i][str(ids[i])]["logprob"] for i in range(len(prompt_ids), len(ids))))
 
     def _close(self) -> None:
         self._http.close()
