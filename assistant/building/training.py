@@ -417,15 +417,37 @@ def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Rando
 
 # --- 6. Save ------------------------------------------------------------------------------------------------------
 
+STORAGE_DTYPE = "bfloat16"  # the engines run the base in bf16 and cast LoRA weights to it: fp32 files only cost size
+
+
+def store_weights_as(weights_file: Path, dtype: str = STORAGE_DTYPE) -> None:
+    """Rewrite a safetensors file with its floating-point tensors in `dtype` (metadata kept), atomically."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    target = getattr(torch, dtype)
+    with safe_open(str(weights_file), "pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (safe_open has no iter)
+    tensors = {name: t.to(target) if t.is_floating_point() else t for name, t in tensors.items()}
+    tmp = weights_file.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(weights_file)
+
+
 def save_adapter(model, out_dir: str | Path, fields: dict) -> dict:
-    """Write the peft adapter and its manifest.json; returns the manifest: `fields` (which must hold "domain")
-    plus "version" (`YYYYMMDD-<first 8 hex of the weights' sha256>`) and "weights_sha256" ({file: sha256})."""
+    """Write the peft adapter (weights stored in bf16) and its manifest.json; returns the manifest: `fields`
+    (which must hold "domain") plus "version" (`YYYYMMDD-<first 8 hex of the weights' sha256>`),
+    "weights_sha256" ({file: sha256}) and "weights_dtype"."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    store_weights_as(out_dir / WEIGHTS_FILE)
     weights = {WEIGHTS_FILE: hashlib.sha256((out_dir / WEIGHTS_FILE).read_bytes()).hexdigest()}
     version = f"{time.strftime('%Y%m%d')}-{weights[WEIGHTS_FILE][:8]}"
-    manifest = {"domain": fields["domain"], "version": version} | fields | {"weights_sha256": weights}
+    manifest = {"domain": fields["domain"], "version": version} | fields | {
+        "weights_sha256": weights, "weights_dtype": STORAGE_DTYPE}
     write_manifest(out_dir, manifest)
     return manifest
 
