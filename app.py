@@ -166,14 +166,18 @@ def main(argv=None):
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--domain", dest="domains", action="append", help="serve only these domains (repeatable)")
     args = ap.parse_args(argv)
-    from assistant import Platform
+    from assistant import Platform, install_shutdown_rules, reap_children
 
+    install_shutdown_rules()  # docker stop / systemd: the engine and its workers are stopped, not orphaned
     settings = Settings.load()
-    platform = Platform.load(args.domains, settings)
+    platform = None
     try:
+        platform = Platform.load(args.domains, settings)
         launch(build_app(platform, FeedbackLog(settings.data_dir / "feedback")), args.host, args.port)
     finally:
-        platform.close()
+        if platform is not None:
+            platform.close()
+        reap_children()
 
 
 if __name__ == "__main__":

@@ -33,10 +33,14 @@ __all__ = [
     "DomainError", "EngineUnavailableError", "ErrorInfo", "FeedbackError", "FeedbackLog", "InputError", "ModelError",
     "NotFoundError", "Platform", "QuestionError", "QuestionTooLongError", "ScaffoldError", "Settings",
     "SettingsError", "UnknownDomainError", "check_question", "configure_environment", "error_info",
-    "mapped_error_types",
+    "install_shutdown_rules", "mapped_error_types", "parse_messages", "reap_children", "EngineWatchdog",
+    "EXIT_ENGINE_DEAD",
 ]
+_LIFECYCLE = "assistant.entrypoints.lifecycle"  # the service process rules (serve, app.py)
 _LAZY = {"Platform": "assistant.platform", "Answer": "assistant.answer", "Citation": "assistant.answer",
-         "check_question": "assistant.answer", "FeedbackLog": "assistant.feedback"}
+         "check_question": "assistant.answer", "FeedbackLog": "assistant.feedback",
+         "parse_messages": "assistant.conversation", "install_shutdown_rules": _LIFECYCLE,
+         "reap_children": _LIFECYCLE, "EngineWatchdog": _LIFECYCLE, "EXIT_ENGINE_DEAD": _LIFECYCLE}
 
 
 def __getattr__(name):  # lazy: `assistant --help` must not pay for numpy, torch and vLLM imports

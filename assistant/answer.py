@@ -27,6 +27,12 @@ def check_question(question, limit: int) -> str:
         raise QuestionError("empty question")
     if len(question) > limit:
         raise QuestionTooLongError(f"question is {len(question)} characters; the limit is {limit}")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate ("\ud800") is valid JSON but not text
+        raise QuestionError(f"question is not valid Unicode text (a lone surrogate at character {exc.start})") from None
+    if "\x00" in question:
+        raise QuestionError("question contains a NUL character")
     return question.strip()
 
 
@@ -61,12 +67,18 @@ class Answer:
     abstained_by: str | None = None  # "gate": too little evidence retrieved; "model": the model said it cannot tell
     choice: dict | None = None       # choice questions: {"form", "label", "calibrated", "scores"}
     form: str | None = None          # how it was answered: "yes/no/maybe", "multiple_choice", "evidence" or "free"
+    standalone_question: str | None = None  # chat: the follow-up rewritten for retrieval (None: not a follow-up)
+    rewrite: str | None = None       # chat: how it was rewritten, "model" or "concatenated" (the fallback)
+    finish_reason: str | None = None  # "stop", or "length" when the reply was cut at max_tokens
+    usage: dict | None = None        # {"prompt_tokens", "completion_tokens"} of the generation (0 when none ran)
 
     def meta(self) -> dict:
         """Everything about the answer but its text and citations (the API's `assistant` block)."""
         return {"adapter": self.adapter, "adapter_version": self.adapter_version, "abstained": self.abstained,
                 "abstained_by": self.abstained_by, "form": self.form, "choice": self.choice, "flags": list(self.flags),
-                "evidence": self.evidence, "timings": dict(self.timings)}
+                "evidence": self.evidence, "timings": dict(self.timings),
+                "standalone_question": self.standalone_question, "rewrite": self.rewrite,
+                "finish_reason": self.finish_reason, "usage": dict(self.usage) if self.usage else None}
 
     def to_dict(self, *, passages: bool = True) -> dict:
         """The answer contract of DESIGN.md (`domain`, `answer`, `citations`, `adapter`, `abstained`, `timings`)

@@ -73,6 +73,7 @@ class Settings:
     api_keys: str = ""
     max_question_chars: int = 4000
     max_tokens_limit: int = 512
+    max_request_bytes: int = 1_000_000  # HTTP request bodies over this get 413 before they are read
 
     @property
     def models_dir(self) -> Path:

@@ -175,10 +175,21 @@ def _indexing_kind(exc: BaseException) -> type[AssistantError] | None:
     return None
 
 
+def _engine_kind(exc: BaseException) -> type[AssistantError] | None:
+    """vLLM's 'the engine process is gone' (matched by name: importing vLLM here would cost seconds)."""
+    if type(exc).__name__ == "EngineDeadError" and type(exc).__module__.startswith("vllm"):
+        return EngineUnavailableError
+    return None
+
+
 def error_info(exc: BaseException) -> ErrorInfo:
     """The one mapping from an exception to its status, body and exit code."""
-    kind: type[AssistantError] | None = type(exc) if isinstance(exc, AssistantError) else _indexing_kind(exc)
+    kind: type[AssistantError] | None = (type(exc) if isinstance(exc, AssistantError)
+                                         else _indexing_kind(exc) or _engine_kind(exc))
     if kind is None:  # a bug: say so without leaking internals
         return ErrorInfo(500, "server_error", "internal_error",
                          f"internal error ({type(exc).__name__}); the server log has the details", 70)
+    if kind is EngineUnavailableError and not isinstance(exc, AssistantError):
+        return ErrorInfo(kind.status, kind.type, kind.code, "the generation engine stopped; the service is "
+                         "restarting (see GET /health)", kind.exit_code)
     return ErrorInfo(kind.status, kind.type, kind.code, str(exc) or kind.__name__, kind.exit_code)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from assistant.answer import Citation
+from assistant.conversation import system_with_user_text
 from indexing.retriever import Passage
 
 RULES = ("Use only the passages below. Cite every passage you use as [n]. If the passages do not answer the "
@@ -37,21 +38,25 @@ def _fit(tokenizer, text: str, max_tokens: int) -> str:
 
 def build_messages(system_prompt: str, question: str, passages: list[Passage], tokenizer, *,
                    answer_template: str = "", options: dict | None = None, budget_tokens: int = 1500,
-                   rag: bool = True) -> tuple[list[dict], list[Citation]]:
+                   rag: bool = True, history: list[dict] | None = None,
+                   user_system: str = "") -> tuple[list[dict], list[Citation]]:
     """Return (chat messages, the passages actually shown, numbered from 1). Passages are cut to fit
-    `budget_tokens`."""
+    `budget_tokens` (less what `history`, the earlier turns placed before the question, takes).
+    `user_system`: the caller's own instructions, appended under the domain's rules, never instead of them."""
     question = strip_control_tokens(question, tokenizer).strip()
     option_text = "".join(f"{k}. {v}\n" for k, v in (options or {}).items())
     if option_text:
         option_text = "Options:\n" + option_text
+    turns = [{"role": t["role"], "content": strip_control_tokens(t["content"], tokenizer)} for t in history or []]
     if not rag:
         user = f"Question: {question}\n{option_text}Answer:"
-        return [{"role": "system", "content": f"{system_prompt}\n{NO_RAG_RULES}"},
-                {"role": "user", "content": user}], []
-    system = f"{system_prompt}\n{RULES}"
+        system = system_with_user_text(f"{system_prompt}\n{NO_RAG_RULES}", user_system)
+        return [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}], []
+    system = system_with_user_text(f"{system_prompt}\n{RULES}", user_system)
     frame = (answer_template or "Passages:\n{passages}\n\nQuestion: {question}\n{options}Answer:")
     fixed = len(tokenizer.encode(system + frame.format(passages="", question=question, options=option_text),
                                  add_special_tokens=False)) + 16
+    fixed += sum(len(tokenizer.encode(t["content"], add_special_tokens=False)) + 8 for t in turns)
     left = budget_tokens - fixed
     shown: list[Citation] = []
     blocks = []
@@ -65,7 +70,7 @@ def build_messages(system_prompt: str, question: str, passages: list[Passage], t
         shown.append(Citation.of(len(shown) + 1, p, text=body))
         blocks.append(block)
     user = frame.format(passages="\n".join(blocks), question=question, options=option_text)
-    return [{"role": "system", "content": system}, {"role": "user", "content": user}], shown
+    return [{"role": "system", "content": system}, *turns, {"role": "user", "content": user}], shown
 
 
 def parse_citations(text: str, shown: int) -> tuple[list[int], list[int]]:

@@ -26,7 +26,7 @@ from .answer_metrics import CHOICE_TYPES, NUMERIC_TYPES, SPAN_TYPES, TEXT_TYPES,
 from .retrieval_metrics import mean_scores, score_query
 from .statistics import mean_ci, paired_comparison
 
-ANSWERING_VERSION = "evidence-copied-2"  # bump when the answer pipeline changes what it answers
+ANSWERING_VERSION = "chat-cited-choices-4"  # bump when the answer pipeline changes what it answers
 RETRIEVAL_FETCH = 30  # chunks, so that 10 distinct documents are usually there
 
 

@@ -16,6 +16,8 @@ from .store import point_id
 DEFAULT_CHUNK_SIZE = 128     # tokens: all-MiniLM-L6-v2 was trained on 128-token inputs (and truncates at 256);
                              # 128 retrieved as well as or better than 256 on all verticals (eval/reports/retrieval.md)
 DEFAULT_CHUNK_OVERLAP = 16
+SECTION_CHARS = 20_000       # the sentence splitter sees at most this much at once: nltk's punkt runs its regexes
+                             # under a 5 s guard that a 50 MB text trips (TimeoutError); no shipped document is longer
 
 
 @dataclass
@@ -57,9 +59,26 @@ def _splitter(chunk_size: int, chunk_overlap: int):
     return SentenceSplitter(chunk_size=chunk_size, chunk_overlap=chunk_overlap)
 
 
+def sections(text: str, limit: int = SECTION_CHARS) -> list[str]:
+    """`text` cut into pieces of at most `limit` characters: at paragraph breaks where it can, else at the
+    last whitespace (a text with none is cut hard). A text under the limit is one piece, unchanged."""
+    out: list[str] = []
+    while len(text) > limit:
+        cut = text.rfind("\n\n", 0, limit)
+        if cut <= 0:
+            cut = max(text.rfind(" ", 0, limit), text.rfind("\n", 0, limit))
+        if cut <= 0:
+            cut = limit
+        out.append(text[:cut])
+        text = text[cut:].lstrip()
+    out.append(text)
+    return out
+
+
 def chunk_document(doc: SourceDocument, chunk_size: int = DEFAULT_CHUNK_SIZE,
                    chunk_overlap: int = DEFAULT_CHUNK_OVERLAP, with_title: bool = True) -> list[Chunk]:
-    pieces = [p for p in _splitter(chunk_size, chunk_overlap).split_text(doc.text) if p.strip()]
+    splitter = _splitter(chunk_size, chunk_overlap)
+    pieces = [p for section in sections(doc.text) for p in splitter.split_text(section) if p.strip()]
     chunks, seen = [], set()
     for i, text in enumerate(pieces):
         cid = point_id(chunk_key(doc.doc_id, text))

@@ -49,8 +49,14 @@ def ingest_documents(store: Store, collection: str, documents: list[SourceDocume
                           errors=[str(e) for e in (errors or [])])
     t0 = time.perf_counter()
     chunks: list[Chunk] = []
+    failed: set[str] = set()  # documents that could not be chunked: reported, and their stored chunks kept
     for doc in tqdm(documents, desc=f"chunk {collection}", unit="doc", disable=not progress, leave=False):
-        chunks.extend(chunk_document(doc, chunk_size, chunk_overlap, with_title))
+        try:
+            chunks.extend(chunk_document(doc, chunk_size, chunk_overlap, with_title))
+        except Exception as exc:  # noqa: BLE001 - one bad document must not end the ingest of the others
+            failed.add(doc.doc_id)
+            report.errors.append(f"{doc.source or doc.doc_id}: could not be chunked "
+                                 f"({type(exc).__name__}: {str(exc)[:200]}); skipped, the others were indexed")
     report.chunks = len(chunks)
     report.seconds["chunk"] = time.perf_counter() - t0
 
@@ -69,7 +75,8 @@ def ingest_documents(store: Store, collection: str, documents: list[SourceDocume
         wanted_by_doc[c.doc_id].add(c.id)
     stale = [pid for doc_id, ids in stored_by_doc.items() if doc_id in wanted_by_doc
              for pid in ids - wanted_by_doc[doc_id]]
-    gone_docs = [doc_id for doc_id in stored_by_doc if doc_id not in wanted_by_doc] if prune else []
+    gone_docs = [doc_id for doc_id in stored_by_doc
+                 if doc_id not in wanted_by_doc and doc_id not in failed] if prune else []
     stale += [pid for doc_id in gone_docs for pid in stored_by_doc[doc_id]]
 
     embed_s = store_s = 0.0

@@ -12,6 +12,9 @@ from assistant.feedback import FeedbackLog
 pytestmark = [pytest.mark.engine, pytest.mark.browser]
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+# healthcare: a scored yes/no label, then the adapter's streamed reason and citation (manufacturing's adapter
+# answers a free question with an option alone, uncited)
+HEALTH_QUESTION = "Is there a relationship between obesity and asthma severity in children?"
 QUESTION = "For electric motor, if a failure event rotor windings fault occurs, which sensor is the most relevant?"
 # Records every text the answer element shows, to prove the answer arrived in pieces (streamed).
 WATCH = """() => { window.__seen = []; const el = document.querySelector('#manufacturing-answer');
@@ -57,14 +60,14 @@ def test_ask_streams_a_cited_answer_and_feedback_lands_in_the_jsonl(app, page):
     from playwright.sync_api import expect
 
     _, feedback = app
-    page.get_by_role("tab", name="Manufacturing (condition monitoring)").click()
-    page.locator("#manufacturing-question textarea").fill(QUESTION)
-    page.evaluate(WATCH)
-    page.locator("#manufacturing-ask").click()
-    citation = page.locator("#manufacturing-citations details.citation").first
+    page.get_by_role("tab", name="Healthcare").click()
+    page.locator("#healthcare-question textarea").fill(HEALTH_QUESTION)
+    page.evaluate(WATCH.replace('#manufacturing-answer', '#healthcare-answer'))
+    page.locator("#healthcare-ask").click()
+    citation = page.locator("#healthcare-citations details.citation").first
     expect(citation).to_be_visible()
-    expect(page.locator("#manufacturing-meta")).to_contain_text("manufacturing@")
-    answer = page.locator("#manufacturing-answer").inner_text().strip()
+    expect(page.locator("#healthcare-meta")).to_contain_text("healthcare@")
+    answer = page.locator("#healthcare-answer").inner_text().strip()
     assert answer
     seen = [s for s in page.evaluate("window.__seen") if s.strip()]
     assert len(set(seen)) >= 2, f"the answer did not stream: {seen}"
@@ -73,14 +76,14 @@ def test_ask_streams_a_cited_answer_and_feedback_lands_in_the_jsonl(app, page):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "app.png"), full_page=True)
 
-    page.locator("#manufacturing-comment textarea").fill("right sensor")
-    page.locator("#manufacturing-up").click()
-    expect(page.locator("#manufacturing-thanks")).to_contain_text("saved")
-    records = feedback.read("manufacturing")
+    page.locator("#healthcare-comment textarea").fill("right answer")
+    page.locator("#healthcare-up").click()
+    expect(page.locator("#healthcare-thanks")).to_contain_text("saved")
+    records = feedback.read("healthcare")
     assert len(records) == 1
     r = records[0]
-    assert r["rating"] == "up" and r["comment"] == "right sensor" and r["question"] == QUESTION
-    assert r["answer"].strip() and r["citations"] and r["adapter"].startswith("manufacturing@") and r["time"]
+    assert r["rating"] == "up" and r["comment"] == "right answer" and r["question"] == HEALTH_QUESTION
+    assert r["answer"].strip() and r["citations"] and r["adapter"].startswith("healthcare@") and r["time"]
 
 
 def test_empty_and_huge_questions_get_a_message_not_a_trace(app, page):

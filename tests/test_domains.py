@@ -52,6 +52,14 @@ def test_short_training_run_lowers_loss_and_vllm_serves_the_adapter(platform, pr
     examples = build_examples(dom, platform.retriever, platform.engine.tokenizer, limit=40, progress=False)
     assert len(examples) >= 30 and all(e["target"] for e in examples)
     assert any(e["target"].startswith("I don't know") for e in examples) or len(examples) < 40
+    by_question: dict[str, list[dict]] = {}
+    for e in examples:
+        by_question.setdefault(e["qid"], []).append(e)
+    rotated = max(by_question.values(), key=len)  # one example per cyclic order of the options
+    assert len(rotated) >= 4 and len({e["target"][0] for e in rotated}) == len(rotated)
+    gold_text = rotated[0]["target"].split(". ", 1)[1].rsplit(" [", 1)[0]
+    for e in rotated:  # the target's letter is where the gold text is shown in that order
+        assert f"{e['target'][0]}. {gold_text}\n" in e["messages"][-1]["content"]
     config = TrainConfig(max_steps=8, batch_size=4, lr=1e-3, max_len=512, eval_every=4, patience=5)
     manifest = train_adapter(examples, prepared.base_model, tmp_path / "adapter", config, domain="manufacturing",
                              base_model_sha256=prepared.base_model_sha256, progress=False)
@@ -210,9 +218,10 @@ def test_tiny_training_run_writes_a_verifiable_manifest(prepared, tmp_path):
                              base_model_sha256=prepared.base_model_sha256, domain="manufacturing", progress=False)
     assert set(manifest) == {"domain", "version", "base_model_sha256", "training_data_sha256", "examples",
                              "train_examples", "dev_examples", "hyperparameters", "steps", "wall_time_s", "hardware",
-                             "loss", "history", "eval", "weights_sha256"}
+                             "loss", "history", "eval", "weights_sha256", "weights_dtype"}
     weights = hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert manifest["weights_sha256"] == {"adapter_model.safetensors": weights}
+    assert manifest["weights_dtype"] == "bfloat16"  # stored as the engines serve it
     assert re.fullmatch(r"\d{8}-[0-9a-f]{8}", manifest["version"]) and manifest["version"].endswith(weights[:8])
     assert (manifest["steps"], manifest["train_examples"], manifest["dev_examples"]) == (1, 3, 0)
     assert manifest["loss"]["dev_first"] is None and manifest["loss"]["dev_best"] is None

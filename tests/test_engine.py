@@ -96,3 +96,37 @@ def test_scoring_matches_hf_log_probabilities(engine, prepared, random_adapters)
                 logits = model(input_ids=ids).logits.log_softmax(-1)[0]
             want = sum(float(logits[len(prompt) + i - 1, t]) for i, t in enumerate(cont))
             assert abs(value - want) < 0.05, (adapter, text, value, want)
+
+
+def test_scoring_inside_a_busy_mixed_batch_keeps_the_engine_alive(engine):
+    """A prompt-logprobs request scheduled beside many LoRA generations: vLLM hands the LoRA logits op that
+    request's few prompt rows with the whole batch's sampler indices. The stock CPU op (and the grouped op
+    before its fix) raised IndexError in the engine core, which died and took every domain with it (seen in
+    an eval: 'index 9 is out of bounds for dimension 0 with size 9'). Scores must equal the quiet ones."""
+    import concurrent.futures as cf
+
+    from assistant.serving.engine import ScoreRequest
+
+    # The prompt cache works in blocks (128 tokens on CPU): a prompt 2 tokens past two full blocks leaves a
+    # prompt-logprobs request only its last prompt tokens and the continuation to compute, fewer rows than
+    # the 16 requests beside it.
+    words = "Bearings wear and vibrate; oil debris and temperature rise follow.".split()
+    text = "Which sensor detects bearing wear? Answer with a letter."
+    n = 0
+    while len(engine.render(GenerationRequest(messages=[{"role": "user", "content": text}]))) % 128 != 2 or n < 200:
+        text = f"{words[n % len(words)]} {text}"
+        n += 1
+    messages = [{"role": "user", "content": text}]
+    continuations = ["A. vibration", "B. oil debris", "C. current"]  # multi-token: prompt logprobs
+    quiet = engine.score([ScoreRequest(messages=messages, continuations=continuations, adapter="alpha")])[0]
+    busy = [GenerationRequest(messages=[{"role": "user", "content": f"Count to {n}."}], max_tokens=24,
+                              adapter=("alpha", "beta", None)[n % 3]) for n in range(16)]
+    with cf.ThreadPoolExecutor(2) as pool:
+        generations = pool.submit(engine.generate, busy)
+        scored = [pool.submit(engine.score, [ScoreRequest(messages=messages, continuations=continuations,
+                                                          adapter="alpha")]) for _ in range(6)]
+        results = [f.result(timeout=300)[0] for f in scored]
+        assert len(generations.result(timeout=300)) == 16
+    assert engine.healthy()
+    for got in results:
+        assert all(abs(a - b) < 0.05 for a, b in zip(got, quiet, strict=True)), (got, quiet)

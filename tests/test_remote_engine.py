@@ -9,12 +9,12 @@ import time
 
 import httpx
 import pytest
-from test_server import free_port
 
 from assistant.config import Settings
 from assistant.platform import Platform
 from assistant.serving.remote_engine import RemoteEngine
 from helpers.data import qa_row
+from helpers.live_server import free_port
 
 pytestmark = pytest.mark.engine
 

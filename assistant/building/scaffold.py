@@ -12,7 +12,7 @@ from assistant.data_format import AnswerType, primary_metric_for
 from assistant.errors import ScaffoldError  # noqa: F401  (raised here; importable from here)
 from assistant.serving.engine import GenerationRequest
 from indexing.chunking import chunk_document
-from indexing.documents import read_source
+from indexing.documents import ReadReport, read_source
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{1,39}$")
 SYSTEM = ("You are the {title} assistant. Answer only from the numbered passages you are given, briefly, and cite "
@@ -27,17 +27,20 @@ _QUESTION = re.compile(r"([^\n?]{8,300}\?)")
 
 
 def create_domain(name: str, corpus: str | Path, domains_dir: Path, *, qa: str | Path | None = None,
-                  description: str = "") -> Path:
+                  description: str = "", read: ReadReport | None = None) -> Path:
+    """A new package under `domains_dir` from a folder or file of documents. `read`: what `read_source` made
+    of `corpus` already (the caller reports the files it skipped). Fails when no document is readable."""
     if not _NAME.match(name):
         raise ScaffoldError(f"domain name {name!r}: use 2-40 lowercase letters, digits, '-' or '_', "
                             "starting with a letter")
     root = domains_dir / name
     if root.exists():
         raise ScaffoldError(f"domain {name!r} already exists at {root}")
-    report = read_source(corpus)
+    report = read if read is not None else read_source(corpus)
     if not report.documents:
-        first = f"; first error: {report.errors[0]}" if report.errors else ""
-        raise ScaffoldError(f"no readable documents in {corpus}{first}")
+        skipped = "".join(f"\n  skipped: {e}" for e in report.errors[:20])
+        more = f"\n  ... and {len(report.errors) - 20} more" if len(report.errors) > 20 else ""
+        raise ScaffoldError(f"no readable documents in {corpus}{skipped}{more}")
     qa_rows = _read_qa(Path(qa)) if qa else []
     tmp = domains_dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@
 1. Examples (`build_examples`): each train-split question with the passages retrieval finds for it (the gold
    passage made sure to be among them), target = the answer in the vertical's style, citing the gold passage as
    [n]. Some examples show only unrelated passages, with the target "I don't know from these documents." so the
-   adapter learns to abstain rather than invent.
+   adapter learns to abstain rather than invent. A question with lettered options gives one example per cyclic
+   order of its options (the orders the platform scores), so no letter is learnt as a habit.
 2. Config (`TrainConfig`): every hyperparameter of a run, validated, with the defaults the adapters ship with.
 3. Encoding (`encode_examples`): prompt + target + the chat template's end-of-turn token(s); loss on the answer
    tokens only (labels -100 over the prompt).
@@ -64,7 +65,7 @@ def target_text(row: dict, n: int) -> str | None:
 
 def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train", limit: int = 0,
                    negatives: float = 0.1, seed: int = 0, budget_tokens: int = 900,
-                   progress: bool = True) -> list[dict]:
+                   rotate_options: bool = True, progress: bool = True) -> list[dict]:
     from tqdm.auto import tqdm
 
     rng = random.Random(seed)
@@ -96,14 +97,36 @@ def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train"
             target = target_text(row, shown_gold or 1)
             if shown_gold is None and target != IDK:
                 continue
-        messages, shown = build_messages(
-            domain.system_prompt, row["question"], passages, tokenizer, answer_template=domain.answer_template,
-            options=row.get("options"), budget_tokens=budget_tokens)
-        cited = re.findall(r"\[(\d+)\]", target)
-        if cited and int(cited[-1]) > len(shown):  # the gold passage was trimmed away: skip
-            continue
-        examples.append({"qid": row["qid"], "messages": messages, "target": target})
+        for options, shown_target in _option_orders(row, target, rotate_options and not negative):
+            messages, shown = build_messages(
+                domain.system_prompt, row["question"], passages, tokenizer, answer_template=domain.answer_template,
+                options=options, budget_tokens=budget_tokens)
+            cited = re.findall(r"\[(\d+)\]", shown_target)
+            if cited and int(cited[-1]) > len(shown):  # the gold passage was trimmed away: skip
+                continue
+            examples.append({"qid": row["qid"], "messages": messages, "target": shown_target})
     return examples
+
+
+def _option_orders(row: dict, target: str, rotate: bool) -> list[tuple[dict | None, str]]:
+    """(options as shown, target) pairs: the row's own order, or with `rotate` every cyclic order the platform
+    scores (assistant.choices), the target's letter following the gold text. Training on one order taught the
+    shipped manufacturing adapter a position preference; every order took FailureSensorIQ from 0.376 to 0.833
+    (eval/reports/choice_study.md)."""
+    from assistant.choices import form_for
+
+    options = row.get("options")
+    form = form_for(options, row.get("answer_type")) if options else None
+    if not rotate or form is None or target == IDK or not row.get("answer"):
+        return [(options, target)]
+    gold_text = options.get(row["answer"][0])
+    if gold_text is None:
+        return [(options, target)]
+    pairs = []
+    for shown in form.orders():
+        letter = next(k for k, v in shown.items() if v == gold_text)
+        pairs.append((shown, re.sub(r"^[A-Z]\. ", f"{letter}. ", target, count=1)))
+    return pairs
 
 
 # --- 2. Config ----------------------------------------------------------------------------------------------------

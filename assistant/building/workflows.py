@@ -146,11 +146,13 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
     from assistant.building.calibration import calibrate
     from assistant.building.indexer import index_domain
     from assistant.building.scaffold import create_domain, synthesize_qa
+    from indexing.documents import read_source
 
     settings = settings or Settings.load()
     train = train or evaluate
     require_training_questions(train, qa, synthetic)
-    root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description)
+    read = read_source(corpus)  # read once: the files it skips are reported with the result
+    root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description, read=read)
     store, embedder = open_store_and_embedder(settings, progress)
     try:
         dom = load_domain(root)
@@ -160,11 +162,13 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
     finally:
         store.close()
     report = NewDomainReport(root=root, documents=indexed.documents, chunks=indexed.chunks,
-                             skipped=[str(e) for e in indexed.errors])
+                             skipped=[str(e) for e in [*read.errors, *indexed.errors]])
     report.calibration = gate
     progress(f"created {root} and indexed {indexed.documents} documents ({indexed.chunks} chunks); evidence "
              f"gate {gate['threshold']} (rejects {gate['out_of_domain_reject']:.0%} of {gate['n_out']} out-of-domain "
              f"questions)")
+    for skipped in report.skipped:
+        progress(f"  skipped: {skipped}")
     if synthetic and not qa:
         from assistant.serving.engine import Engine
         from assistant.serving.models import prepare_base_model

@@ -35,7 +35,13 @@ def echo_err(message: str) -> None:
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Domain assistant platform: grounded, cited answers per domain from one base model."""
+    import atexit
+
+    from assistant.entrypoints.lifecycle import install_shutdown_rules, reap_children
+
     configure_environment()
+    install_shutdown_rules()      # SIGTERM (a killed eval, docker stop) stops vLLM's processes too
+    atexit.register(reap_children)
 
 
 @main.command()
@@ -259,8 +265,8 @@ def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epoc
     report = run(name, corpus, Settings.load(), qa=qa, synthetic=synthetic, description=description,
                  train=do_train, evaluate=do_eval, train_config=TrainConfig(epochs=epochs, max_steps=max_steps),
                  eval_limit=eval_limit, progress=click.echo)
-    for skipped in report.skipped:
-        echo_err(f"  skipped: {skipped}")
+    if report.skipped:
+        echo_err(f"{len(report.skipped)} file(s) skipped (listed above); the other {report.documents} were indexed")
     if report.evaluation:
         click.echo(report.evaluation["summary"])
     elif not (do_train or do_eval):

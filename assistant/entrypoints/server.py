@@ -5,50 +5,94 @@ does not do: retrieval in the domain's index, the evidence gate, the grounded pr
 vLLM stays underneath (in-process, or remote by URL). `model` is a domain name; citations come back in
 the response body (and in the last streamed chunk). Blocking SDK calls run in the thread pool, so
 concurrent requests reach vLLM together and are batched there.
+
+Fail-safe rules (README "Operations"): every error is an OpenAI error body, a 500 too, and the connection
+stays usable; bodies over `max_request_bytes` get 413 before they are read; with API keys set, the key is
+checked before anything that names a domain, and the model list, docs and schema need one; `/health` is
+vLLM's own liveness (503 once its engine process is gone, and `serve` then exits non-zero for its
+supervisor); a client that drops a stream aborts its vLLM request.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import logging
+import threading
 import time
 import uuid
 
 from fastapi import FastAPI, Header, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi.concurrency import iterate_in_threadpool, run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from assistant import (
+    EXIT_ENGINE_DEAD,
     Answer,
     AuthenticationError,
+    EngineWatchdog,
     InputError,
     NotFoundError,
     Platform,
-    check_question,
     configure_environment,
     error_info,
+    install_shutdown_rules,
     mapped_error_types,
+    parse_messages,
+    reap_children,
 )
 
 logger = logging.getLogger(__name__)
 
 
-class Message(BaseModel):
-    role: str
-    content: str
-
-
 class ChatRequest(BaseModel):
+    """OpenAI's chat completion request, plus `rag`, `lora`, `filter` and `condense`. Fields a client may send
+    that change nothing here (`user`, `metadata`, `store`) are accepted; those that would change the answer and
+    are not supported (`tools`, `functions`, non-text `response_format`, `logprobs`, `n` > 1) are refused."""
+    model_config = ConfigDict(extra="ignore")
+
     model: str
-    messages: list[Message] = Field(min_length=1)
+    messages: list[dict] = Field(min_length=1)  # checked by assistant.conversation.parse_messages
     stream: bool = False
+    stream_options: dict | None = None
     max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    tools: list | None = None
+    tool_choice: str | dict | None = None
+    functions: list | None = None
+    function_call: str | dict | None = None
+    response_format: dict | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
     rag: bool = True
     lora: bool = True
     filter: dict | None = None
+    condense: bool = True
+
+    def unsupported(self) -> str | None:
+        if self.n != 1:
+            return "n must be 1: one answer per request (ask again with a seed and temperature > 0 for another)"
+        for name in ("tools", "functions", "tool_choice", "function_call"):
+            if getattr(self, name):
+                return f"{name} is not supported: domain assistants answer from their documents, they call no tools"
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            return "response_format must be {\"type\": \"text\"}: structured output is not supported"
+        if self.logprobs or self.top_logprobs:
+            return "logprobs are not returned by this API"
+        return None
+
+    def sampling(self) -> dict:
+        return {"temperature": self.temperature, "top_p": self.top_p, "stop": self.stop, "seed": self.seed,
+                "presence_penalty": self.presence_penalty, "frequency_penalty": self.frequency_penalty}
 
 
 class ReloadRequest(BaseModel):
@@ -67,9 +111,90 @@ def error_response(exc: BaseException) -> JSONResponse:
     return JSONResponse(status_code=info.status, content=info.body())
 
 
+class Guard:
+    """Outermost ASGI layer: a body limit, keys on the schema and docs, and any exception as a JSON 500.
+
+    Starlette's own last-resort handler answers a 500 in plain text and re-raises, and uvicorn then drops
+    the keep-alive connection; here the error is answered and the connection stays usable."""
+
+    def __init__(self, app, max_body: int, key_ok):
+        self.app, self.max_body, self.key_ok = app, max_body, key_ok
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        if scope["path"] in PROTECTED_DOCS and not self.key_ok(headers.get("authorization")):
+            return await _send(send, 401, "an API key is needed for the schema and docs", "authentication_error",
+                               "invalid_api_key")
+        length = headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            return await _send(send, 413, f"request body of {length} bytes; the limit is {self.max_body}",
+                               code="request_too_large")
+        seen = 0
+        started = too_large = False
+
+        async def limited_receive():
+            nonlocal seen, too_large
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_body:
+                    too_large = True
+                    raise _BodyTooLargeError()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            if too_large:  # the framework turned our exception into its own 400: answer 413 instead, once
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _send(send, 413, f"request body over the limit of {self.max_body} bytes",
+                                code="request_too_large")
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLargeError:
+            if not started:
+                await _send(send, 413, f"request body over the limit of {self.max_body} bytes",
+                            code="request_too_large")
+        except Exception as exc:  # noqa: BLE001 - the last resort: answered as JSON, logged with its traceback
+            logger.error("request failed: %s", exc, exc_info=exc)
+            if not started:
+                info = error_info(exc)
+                await _send(send, info.status, info.message, info.type, info.code)
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+PROTECTED_DOCS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+
+
+async def _send(send, status: int, message: str, kind: str = "invalid_request_error",
+                code: str = "invalid_request") -> None:
+    body = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _usage(answer: Answer) -> dict:
+    usage = answer.usage or {"prompt_tokens": 0, "completion_tokens": 0}
+    return {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+
+
 def _response_extras(answer: Answer) -> dict:
     """What the API adds to an OpenAI response: the checked citations and the answer's metadata."""
     return {"citations": [c.to_dict() for c in answer.citations], "assistant": answer.meta()}
+
+
+def _token(authorization: str | None) -> str:
+    return (authorization or "").removeprefix("Bearer ").strip()
 
 
 def create_app(platform: Platform) -> FastAPI:
@@ -88,39 +213,60 @@ def create_app(platform: Platform) -> FastAPI:
         kind = {401: "authentication_error", 404: "not_found_error"}.get(exc.status_code, "invalid_request_error")
         return _error(exc.status_code, str(exc.detail), kind, code=str(exc.status_code))
 
-    for handled in (*mapped_error_types(), Exception):
+    for handled in mapped_error_types():
         app.add_exception_handler(handled, lambda request, exc: error_response(exc))
+    every_key = {k for listed in keys.values() for k in listed}
+    app.add_middleware(Guard, max_body=settings.max_request_bytes,
+                       key_ok=lambda header: not keys or _token(header) in every_key)
+
+    def opens(domain: str, authorization: str | None, admin: bool = False) -> bool:
+        if not keys:
+            return True
+        allowed = set(keys.get("*", [])) | (set() if admin else set(keys.get(domain, [])))
+        return _token(authorization) in allowed
 
     def authorize(domain: str, authorization: str | None, admin: bool = False):
-        """A domain's keys or an admin ('*') key; admin=True: admin keys only."""
-        if not keys:
-            return
-        allowed = set(keys.get("*", [])) | (set() if admin else set(keys.get(domain, [])))
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        if token not in allowed:
+        """A domain's keys or an admin ('*') key; admin=True: admin keys only. Checked before the domain is
+        looked up, so a wrong key learns nothing about which domains exist."""
+        if not opens(domain, authorization, admin):
             raise AuthenticationError("reloading adapters needs an admin ('*') API key" if admin
-                                      else f"missing or invalid API key for domain {domain!r}")
+                                      else f"missing or invalid API key for model {domain!r}")
 
-    def validate(req: ChatRequest) -> str:
+    def validate(req: ChatRequest) -> int | None:
+        """The request's max_tokens, once the model, the messages and the options are known to be usable."""
         if req.model not in platform.domains:
             raise NotFoundError(f"unknown model {req.model!r}: models are domain names "
                                 f"({', '.join(sorted(platform.domains))})")
-        users = [m.content for m in req.messages if m.role == "user"]
-        question = check_question(users[-1] if users else "", settings.max_question_chars)
-        if req.max_tokens is not None and not 1 <= req.max_tokens <= settings.max_tokens_limit:
+        refused = req.unsupported()
+        if refused:
+            raise InputError(refused)
+        parse_messages(req.messages, settings.max_question_chars)  # 400/413 before any model work
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        if max_tokens is not None and not 1 <= max_tokens <= settings.max_tokens_limit:
             raise InputError(f"max_tokens must be between 1 and {settings.max_tokens_limit}")
-        return question
+        return max_tokens
 
     @app.get("/health")
-    def health():
-        return {"status": "ok", "domains": sorted(platform.domains)}
+    async def health():
+        """vLLM's liveness: 200 while its engine process answers, 503 once it is gone. Domain names only
+        without API keys (the health check needs no key)."""
+        alive = await run_in_threadpool(platform.engine.healthy)
+        body = {"status": "ok" if alive else "unavailable", "engine": "alive" if alive else "dead",
+                "in_flight": platform.engine.in_flight, "domains_unavailable": len(platform.refused_adapters)}
+        if not keys:
+            body["domains"] = sorted(platform.domains)
+        return JSONResponse(status_code=200 if alive else 503, content=body)
 
     @app.get("/v1/models")
-    def models():
+    def models(authorization: str | None = Header(default=None)):
+        """The domains this key opens (every domain without API keys); 401 for a key that opens none."""
+        listed = [d for d in platform.info() if opens(d["domain"], authorization)]
+        if keys and not listed:
+            raise AuthenticationError("missing or invalid API key")
         return {"object": "list", "data": [
             {"id": d["domain"], "object": "model", "created": 0, "owned_by": "domain-assistant",
              "description": d["description"], "adapter": d["adapter"], "adapter_version": d["adapter_version"]}
-            for d in platform.info()]}
+            for d in listed]}
 
     @app.post("/v1/adapters/{domain}/reload")
     async def reload_adapter(domain: str, req: ReloadRequest | None = None,
@@ -133,32 +279,43 @@ def create_app(platform: Platform) -> FastAPI:
                 "path": str(adapter.path)}
 
     @app.post("/v1/chat/completions")
-    async def chat(req: ChatRequest, authorization: str | None = Header(default=None)):
-        question = validate(req)
+    async def chat(req: ChatRequest, request: Request, authorization: str | None = Header(default=None)):
         authorize(req.model, authorization)
+        max_tokens = validate(req)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        kwargs = dict(rag=req.rag, lora=req.lora, filter=req.filter, max_tokens=req.max_tokens)
+        kwargs = dict(rag=req.rag, lora=req.lora, filter=req.filter, max_tokens=max_tokens, condense=req.condense,
+                      **req.sampling())
         if not req.stream:
-            answer = await run_in_threadpool(platform.ask, req.model, question, **kwargs)
+            answer = await run_in_threadpool(platform.chat, req.model, req.messages, **kwargs)
             return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.text},
-                                 "finish_reason": "stop"}],
-                    **_response_extras(answer)}
-        pieces = platform.stream(req.model, question, **kwargs)
+                                 "finish_reason": answer.finish_reason or "stop"}],
+                    "usage": _usage(answer), **_response_extras(answer)}
+        cancel = threading.Event()  # set when the client goes away: the engine aborts the vLLM request
+        pieces = platform.chat_stream(req.model, req.messages, cancel=cancel, **kwargs)
         first = await run_in_threadpool(next, pieces)  # input errors become 4xx before the stream starts
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
 
-        def events():
-            def chunk(delta: dict, finish=None, **extra):
-                body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-                return f"data: {json.dumps(body)}\n\n"
-            yield chunk({"role": "assistant"})
-            for piece in itertools.chain([first], pieces):
-                if isinstance(piece, str):
-                    yield chunk({"content": piece})
-                else:
-                    yield chunk({}, "stop", **_response_extras(piece))
-            yield "data: [DONE]\n\n"
+        def chunk(delta: dict | None, finish=None, **extra):
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+            body = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": choices, **extra}
+            return f"data: {json.dumps(body)}\n\n"
+
+        async def events():
+            try:
+                yield chunk({"role": "assistant"})
+                async for piece in iterate_in_threadpool(itertools.chain([first], pieces)):
+                    if isinstance(piece, str):
+                        yield chunk({"content": piece})
+                    else:
+                        yield chunk({}, piece.finish_reason or "stop", **_response_extras(piece))
+                        if include_usage:  # OpenAI's shape: a last chunk with no choices and the usage
+                            yield chunk(None, usage=_usage(piece))
+                yield "data: [DONE]\n\n"
+            finally:  # also on a client disconnect, which cancels this generator: stop generating now
+                cancel.set()
+                pieces.close()
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -166,11 +323,33 @@ def create_app(platform: Platform) -> FastAPI:
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None = None) -> None:
+    """Run the API until SIGTERM/SIGINT (exit 0 after a clean stop) or until the engine dies (exit
+    EXIT_ENGINE_DEAD, for a supervisor to restart it). No engine process is left behind either way."""
+    import signal
+    import sys
+
     import uvicorn
 
     configure_environment()
-    platform = Platform.load(domains)
+    install_shutdown_rules()  # while loading too: vLLM's start takes a minute
+    platform = None
+    watchdog = None
     try:
-        uvicorn.run(create_app(platform), host=host, port=port, log_level="info")
+        platform = Platform.load(domains)
+        server = uvicorn.Server(uvicorn.Config(create_app(platform), host=host, port=port, log_level="info",
+                                               timeout_graceful_shutdown=10))
+        watchdog = EngineWatchdog(platform.engine.healthy, lambda: setattr(server, "should_exit", True))
+        watchdog.start()
+        try:
+            server.run()  # handles SIGTERM/SIGINT: stops accepting, gives requests 10 s, returns
+        except SystemExit as exc:  # uvicorn re-raises the signal it caught once it has stopped: a clean stop
+            if exc.code != 128 + signal.SIGTERM:
+                raise
     finally:
-        platform.close()
+        if watchdog is not None:
+            watchdog.stop()
+        if platform is not None:
+            platform.close()
+        reap_children()
+    if watchdog is not None and watchdog.dead:
+        sys.exit(EXIT_ENGINE_DEAD)

@@ -6,8 +6,8 @@ event-loop thread so that synchronous callers (CLI, SDK, tests) and async caller
 share one engine. Every prompt of a batch carries its own adapter or none; all requests submitted
 together are scheduled together (continuous batching), which is what makes mixed batches cheap.
 
-Start-up takes 30-60 s on CPU: create one Engine per process. Scripts that create one need an
-`if __name__ == "__main__":` guard (vLLM spawns its engine-core process).
+Start-up takes 30-60 s on CPU: create one Engine per process. A plain script needs no
+`if __name__ == "__main__":` guard (see `_spawn_without_rerunning_the_script`).
 """
 from __future__ import annotations
 
@@ -39,6 +39,8 @@ class GenerationRequest:
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     ignore_eos: bool = False        # fixed-length output (benchmarks)
 
 
@@ -69,6 +71,27 @@ async def _cancelled(task: asyncio.Task) -> None:
         await task
 
 
+@contextlib.contextmanager
+def _spawn_without_rerunning_the_script():
+    """vLLM starts its engine core with multiprocessing's "spawn", which re-runs the caller's script in the
+    child unless the script has an `if __name__ == "__main__":` guard; a plain script (the README's SDK
+    snippet) then fails with "An attempt has been made to start a new process before the current process has
+    finished its bootstrapping phase". The child needs nothing from the script (its target is vLLM's), so
+    while it is spawned `__main__` shows no file to re-run. Modules run with `python -m` are left alone."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def _cpu_platform() -> bool:
     from vllm.platforms import current_platform
     return current_platform.is_cpu()
@@ -77,7 +100,7 @@ def _cpu_platform() -> bool:
 class LoopEngine:
     """What every engine shares: a private asyncio loop thread, sync wrappers, chat rendering.
 
-    Subclasses implement `agenerate_stream`, `register_adapter` and `_close`."""
+    Subclasses implement `agenerate_stream`, `register_adapter`, `_check_health` and `_close`."""
 
     def __init__(self, model_path: str | Path, settings: Settings | None = None, *, load_tokenizer: bool = True):
         configure_environment()
@@ -86,6 +109,8 @@ class LoopEngine:
         self.adapters = AdapterRegistry(max_rank=self.settings.max_lora_rank,
                                         base_config=read_base_config(self.model_path))
         self._request_ids = itertools.count()
+        self._in_flight = 0  # these two are touched on the loop thread only
+        self._deltas_generated = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="assistant-engine-loop", daemon=True)
         self._thread.start()
@@ -183,9 +208,20 @@ class LoopEngine:
             return list(await asyncio.gather(*(self.ascore(r) for r in requests)))
         return self._run(run())
 
+    async def _tracked(self, request: GenerationRequest) -> AsyncIterator[tuple[str, object]]:
+        """agenerate_stream, counted in `in_flight` while it runs (every generation goes through here)."""
+        self._in_flight += 1
+        try:
+            async for kind, value in self.agenerate_stream(request):
+                if kind == "delta":
+                    self._deltas_generated += 1  # one delta per engine step: a token (or a few, never more)
+                yield kind, value
+        finally:
+            self._in_flight -= 1
+
     async def agenerate(self, request: GenerationRequest) -> GenerationResult:
         result = None
-        async for kind, value in self.agenerate_stream(request):
+        async for kind, value in self._tracked(request):
             if kind == "done":
                 result = value
         return result
@@ -198,25 +234,64 @@ class LoopEngine:
         """Synchronous batch: every request its own adapter or none."""
         return self._run(self.agenerate_batch(list(requests)))
 
-    def stream(self, request: GenerationRequest) -> Iterator[str | GenerationResult]:
-        """Synchronous stream: text deltas, then the final GenerationResult."""
+    def stream(self, request: GenerationRequest, cancel: threading.Event | None = None
+               ) -> Iterator[str | GenerationResult]:
+        """Synchronous stream: text deltas, then the final GenerationResult. Setting `cancel` (from any
+        thread, e.g. when the HTTP client went away) or closing the iterator aborts the vLLM request."""
         pipe: queue.Queue = queue.Queue()
         sentinel = object()
 
         async def pump():
             try:
-                async for _kind, value in self.agenerate_stream(request):
+                async for _kind, value in self._tracked(request):
                     pipe.put(value)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 pipe.put(exc)
             finally:
                 pipe.put(sentinel)
 
-        asyncio.run_coroutine_threadsafe(pump(), self._loop)
-        while (item := pipe.get()) is not sentinel:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        future = asyncio.run_coroutine_threadsafe(pump(), self._loop)
+        try:
+            while True:
+                try:
+                    item = pipe.get(timeout=0.05)
+                except queue.Empty:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    continue
+                if item is sentinel:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not future.done():
+                future.cancel()  # cancels the generate() task: vLLM aborts the request
+
+    # ---- health ----------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        """Generation requests vLLM is working on now (streams and batches)."""
+        return self._in_flight
+
+    @property
+    def deltas_generated(self) -> int:
+        """Streamed pieces produced since start (about one token each): what a benchmark or test reads to see
+        that an aborted request stopped generating."""
+        return self._deltas_generated
+
+    def healthy(self) -> bool:
+        """Whether the engine can still answer: vLLM's own liveness (its engine-core process alive)."""
+        if self._closed:
+            return False
+        try:
+            self._run(self._check_health(), timeout=5)
+        except Exception:  # noqa: BLE001 - any failure to answer is 'not healthy'
+            return False
+        return True
+
+    async def _check_health(self) -> None:
+        raise NotImplementedError
 
 
 class Engine(LoopEngine):
@@ -262,7 +337,8 @@ class Engine(LoopEngine):
             **({} if on_cpu else {"gpu_memory_utilization": s.gpu_memory_utilization}),
         )
         args = AsyncEngineArgs(**(kwargs | (extra or {})))
-        return AsyncLLM.from_engine_args(args)
+        with _spawn_without_rerunning_the_script():
+            return AsyncLLM.from_engine_args(args)
 
     def _close(self) -> None:
         try:
@@ -274,6 +350,11 @@ class Engine(LoopEngine):
             self._llm.shutdown()
         finally:
             self._llm = None  # collect now, not at interpreter exit when vLLM's modules are gone
+
+    async def _check_health(self) -> None:
+        if self._llm is None:
+            raise RuntimeError("the engine was shut down")
+        await self._llm.check_health()  # raises EngineDeadError once the engine-core process is gone
 
     def start_profile(self) -> None:
         """Start vLLM's profiler (needs `profiler_config` in engine_args; see bench/gpu_lora.py --profile)."""
@@ -307,6 +388,7 @@ class Engine(LoopEngine):
         return SamplingParams(
             max_tokens=request.max_tokens, temperature=request.temperature, top_p=request.top_p,
             stop=request.stop or None, seed=request.seed, ignore_eos=request.ignore_eos,
+            presence_penalty=request.presence_penalty, frequency_penalty=request.frequency_penalty,
             output_kind=RequestOutputKind.DELTA if delta else RequestOutputKind.FINAL_ONLY,
         )
 

@@ -77,6 +77,7 @@ class RemoteEngine(LoopEngine):
         self._check_fits(prompt_ids, request.max_tokens)
         body = {"model": self._model_for[adapter.name] if adapter else self.base_name, "prompt": prompt_ids,
                 "max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
+                "presence_penalty": request.presence_penalty, "frequency_penalty": request.frequency_penalty,
                 "stream": True, "return_token_ids": True}
         if request.stop:
             body["stop"] = request.stop
@@ -125,6 +126,11 @@ class RemoteEngine(LoopEngine):
         if not positions:
             raise RemoteEngineError(f"vLLM server at {self.url} returned no prompt_logprobs (needs vLLM >= 0.6)")
         return float(sum(positions[i][str(ids[i])]["logprob"] for i in range(len(prompt_ids), len(ids))))
+
+    async def _check_health(self) -> None:
+        response = await self._client().get("/health")  # vLLM's server: 200 while its engine is alive
+        if response.status_code != 200:
+            raise RemoteEngineError(f"vLLM server at {self.url} is unhealthy: HTTP {response.status_code}")
 
     def _close(self) -> None:
         self._http.close()

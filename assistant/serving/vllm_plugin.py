@@ -52,6 +52,22 @@ def _groups(indices):
     return groups
 
 
+def _aligned(indices, rows: int):
+    """The indices for `rows` input rows. They differ in one place: the LoRA logits op of a prompt-logprobs
+    request, which vLLM calls with that request's prompt rows but the batch's per-request sampler indices;
+    the stock CPU op then fails (IndexError in the engine core, which dies). Extra indices are dropped and
+    missing rows get -1 (no LoRA). Exact for adapters without lm_head weights (their logits LoRA slots are
+    zero), which is every adapter the platform serves: adapter_integrity accepts per-layer projections only."""
+    import torch
+
+    n = indices.shape[0]
+    if n == rows:
+        return indices
+    if n > rows:
+        return indices[:rows]
+    return torch.cat([indices, indices.new_full((rows - n,), -1)])
+
+
 def _weights(lora_weights, slot, dtype):
     w = lora_weights[slot]
     if w.dim() == 3:  # [1, out, in] per slot
@@ -67,14 +83,14 @@ def _grouped_ops(stock: dict):
         out = output_tensor[:, :rank]
         out.zero_()
         x = inputs.to(dtype=output_tensor.dtype)
-        for slot, rows in _groups(lora_indices_tensor):
+        for slot, rows in _groups(_aligned(lora_indices_tensor, x.shape[0])):
             out[rows] = scaling * (x[rows] @ _weights(lora_weights, slot, output_tensor.dtype).T)
 
     def _expand_into(inputs, lora_weights, target, lora_indices_tensor, add_inputs, width):
         x = inputs.to(dtype=target.dtype)
         if not add_inputs:
             target.zero_()
-        for slot, rows in _groups(lora_indices_tensor):
+        for slot, rows in _groups(_aligned(lora_indices_tensor, x.shape[0])):
             delta = x[rows] @ _weights(lora_weights, slot, target.dtype)[:width].T
             if add_inputs:
                 target[rows] += delta

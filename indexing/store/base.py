@@ -118,5 +118,9 @@ class Store(ABC):
     def flush(self, name: str) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
         """Make writes so far durable (a no-op where the backend writes through)."""
 
+    def claim(self, names: list[str]) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
+        """Hold these collections for this process from now on (the embedded engine's one-process rule);
+        raises StoreBusyError naming the holder. Servers and clusters share collections: nothing to do."""
+
     def close(self) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
         """Release the backend (files, locks, connections)."""

@@ -74,7 +74,8 @@ class EdgeStore(Store):
             exists = (directory / "shard").exists() and any((directory / "shard").iterdir())
             if not exists and create_dim is None:
                 raise MissingIndexError(f"no index for domain {name!r} at {directory}; run `assistant index {name}`")
-            lock = HolderLock(directory)
+            claimed = self._locks.get(name)
+            lock = claimed or HolderLock(directory)
             try:
                 if exists:
                     shard = qe.EdgeShard.load(str(directory / "shard"))
@@ -90,7 +91,8 @@ class EdgeStore(Store):
                         shard.update(qe.UpdateOperation.create_field_index(f, qe.PayloadSchemaType.Datetime))
                     shard.flush()
             except BaseException:
-                lock.release()
+                if claimed is None:
+                    lock.release()
                 raise
             self._shards[name] = shard
             self._locks[name] = lock
@@ -98,6 +100,21 @@ class EdgeStore(Store):
 
     def ensure_collection(self, name: str, dim: int) -> None:
         self._shard(name, create_dim=dim)
+
+    def claim(self, names: list[str]) -> None:
+        """Take every named domain's lock now (a service does this at start-up, before its engine starts), so
+        a second process on the same data directory fails at once, naming this one. All or none."""
+        taken = []
+        with self._mutex:
+            try:
+                for name in names:
+                    if name not in self._locks:
+                        self._locks[name] = HolderLock(self._dir(name))
+                        taken.append(name)
+            except BaseException:
+                for name in taken:
+                    self._locks.pop(name).release()
+                raise
 
     def has_collection(self, name: str) -> bool:
         shard_dir = self._dir(name) / "shard"
@@ -167,5 +184,5 @@ class EdgeStore(Store):
 
     def close(self) -> None:
         with self._mutex:
-            for name in list(self._shards):
+            for name in {*self._shards, *self._locks}:
                 self._close_one(name)
