@@ -125,11 +125,12 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         if scope["path"] in PROTECTED_DOCS and not self.key_ok(headers.get("authorization")):
-            return await _send(send, 401, "an API key is needed for the schema and docs", "authentication_error",
-                               "invalid_api_key")
+            return await _send(scope, receive, send, 401, "an API key is needed for the schema and docs",
+                               "authentication_error", "invalid_api_key")
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
-            return await _send(send, 413, f"request body of {length} bytes; the limit is {self.max_body}",
+            return await _send(scope, receive, send, 413,
+                               f"request body of {length} bytes; the limit is {self.max_body}",
                                code="request_too_large")
         seen = 0
         started = too_large = False
@@ -149,7 +150,7 @@ class Guard:
             if too_large:  # the framework turned our exception into its own 400: answer 413 instead, once
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await _send(send, 413, f"request body over the limit of {self.max_body} bytes",
+                    await _send(scope, receive, send, 413, f"request body over the limit of {self.max_body} bytes",
                                 code="request_too_large")
                 return
             started = started or message["type"] == "http.response.start"
@@ -159,13 +160,13 @@ class Guard:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLargeError:
             if not started:
-                await _send(send, 413, f"request body over the limit of {self.max_body} bytes",
+                await _send(scope, receive, send, 413, f"request body over the limit of {self.max_body} bytes",
                             code="request_too_large")
         except Exception as exc:  # noqa: BLE001 - the last resort: answered as JSON, logged with its traceback
             logger.error("request failed: %s", exc, exc_info=exc)
             if not started:
                 info = error_info(exc)
-                await _send(send, info.status, info.message, info.type, info.code)
+                await _send(scope, receive, send, info.status, info.message, info.type, info.code)
 
 
 class _BodyTooLargeError(Exception):
@@ -175,12 +176,10 @@ class _BodyTooLargeError(Exception):
 PROTECTED_DOCS = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
 
 
-async def _send(send, status: int, message: str, kind: str = "invalid_request_error",
+async def _send(scope, receive, send, status: int, message: str, kind: str = "invalid_request_error",
                 code: str = "invalid_request") -> None:
-    body = json.dumps({"error": {"message": message, "type": kind, "code": code}}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    """An OpenAI error body sent from the ASGI layer (the same response `_error` makes for the routes)."""
+    await _error(status, message, kind, code)(scope, receive, send)
 
 
 def _usage(answer: Answer) -> dict:
