@@ -14,8 +14,11 @@ active adapters, options `dual` (VLLM_LORA_ENABLE_DUAL_STREAM: LoRA kernels on a
 overlapping the base GEMM), `tuned` (VLLM_TUNED_CONFIG_FOLDER=--tuned-configs, written by
 bench/lora_kernels.py --tune), `attn` (adapters on q/k/v/o only, and the engine's LoRA restricted to
 qkv_proj/o_proj with lora_target_modules), `seg` (ASSISTANT_SEGMENTED_LORA=1: the project's segmented
-LoRA expand kernel, assistant/serving/segmented_lora.py, through the project's vLLM plugin). --profile adds a
-torch-profiler capture of decode steps per phase (256 requests, 5 adapters) and sums GPU kernel time by kind.
+LoRA shrink and expand kernels, assistant/serving/segmented_lora.py, through the project's vLLM plugin), `segx`
+(the segmented expand only). --profile adds a torch-profiler capture of decode steps per phase (256 requests,
+5 adapters) and sums GPU kernel time by kind. Every LoRA phase also answers a fixed prompt set greedily
+(--greedy prompts, 5 adapters, 32 tokens) and the summary compares its tokens with the first LoRA phase's
+(vLLM's own kernels when that phase has no seg option).
 
 A watchdog writes py-spy stack dumps of every process of the run when an engine has not started after
 --watchdog seconds (how the LoRA start-up hang of vLLM 0.26 was found; see README, GPU section).
@@ -140,14 +143,14 @@ ROWS = ("none", "1", "5", "16", "100", "rag")
 
 
 def parse_phase(phase: str, default_max_loras: int) -> dict:
-    """`base` or `lora[N][s][+dual][+tuned][+attn][+seg][+rows=5.100]` -> settings of one engine (module docstring);
+    """`base` or `lora[N][s][+dual][+tuned][+attn][+seg|+segx][+rows=5.100]` -> settings of one engine (docstring);
     rows= picks this phase's workloads (default: --rows)."""
     name, *options = phase.split("+")
     rows = [o[5:].split(".") for o in options if o.startswith("rows=")]
     options = [o for o in options if not o.startswith("rows=")]
-    unknown = set(options) - {"dual", "tuned", "attn", "seg"}
+    unknown = set(options) - {"dual", "tuned", "attn", "seg", "segx"}
     if unknown or not (name == "base" or name.startswith("lora")) or (rows and set(rows[0]) - set(ROWS)):
-        raise SystemExit(f"unknown phase {phase!r}: base or lora[N][s][+dual][+tuned][+attn][+seg][+rows=5.100...]")
+        raise SystemExit(f"unknown phase {phase!r}: base or lora[N][s][+dual][+tuned][+attn][+seg|+segx][+rows=...]")
     lora = name != "base"
     spec = name[4:] if lora else ""
     digits = spec.rstrip("s")
@@ -155,7 +158,8 @@ def parse_phase(phase: str, default_max_loras: int) -> dict:
         raise SystemExit(f"unknown phase {phase!r}")
     return dict(phase=phase, lora=lora, max_loras=(int(digits) if digits else default_max_loras) if lora else None,
                 specialize_active_lora=spec.endswith("s"), dual_stream="dual" in options,
-                tuned_configs="tuned" in options, attention_only="attn" in options, segmented_expand="seg" in options,
+                tuned_configs="tuned" in options, attention_only="attn" in options,
+                segmented=("1" if "seg" in options else "expand" if "segx" in options else None),
                 rows=rows[0] if rows else None)
 
 
@@ -163,7 +167,9 @@ def phase_env(spec: dict, args) -> dict[str, str | None]:
     """Environment of the engine process for this phase (the engine core reads vLLM's env at start)."""
     env = {"VLLM_LORA_ENABLE_DUAL_STREAM": "1" if spec["dual_stream"] else None,
            "VLLM_TUNED_CONFIG_FOLDER": str(args.tuned_configs) if spec["tuned_configs"] else None,
-           "ASSISTANT_SEGMENTED_LORA": "1" if spec["segmented_expand"] else None}
+           "ASSISTANT_SEGMENTED_LORA": spec["segmented"],
+           # a graph compiled (and cached) by an earlier phase calls vLLM's LoRA ops: never reuse it here
+           "VLLM_DISABLE_COMPILE_CACHE": "1" if spec["segmented"] else None}
     if spec["tuned_configs"] and not (args.tuned_configs and any(Path(args.tuned_configs).glob("*.json"))):
         raise RuntimeError(f"phase {spec['phase']} needs --tuned-configs DIR (bench/lora_kernels.py --tune writes it)")
     return env
@@ -317,6 +323,33 @@ def run(engine, label: str, prompt_sets, adapters: list[str | None], gen: int, *
     return row
 
 
+def greedy_tokens(engine, prompts: list[list[int]], adapters: list[str]) -> list[list[int]]:
+    """Greedy output tokens of a fixed prompt set (adapters round-robin), for the kernel parity check."""
+    from assistant.serving.engine import GenerationRequest
+
+    results = engine.generate([GenerationRequest(prompt_token_ids=p, adapter=adapters[i % len(adapters)],
+                                                 max_tokens=32, ignore_eos=True) for i, p in enumerate(prompts)])
+    return [list(r.token_ids) for r in results]
+
+
+def greedy_parity(greedy: dict[str, list[list[int]]]) -> dict:
+    """Each LoRA phase's greedy tokens against the first phase's: identical sequences, and the mean number
+    of leading tokens that agree (a bf16 rounding difference can flip a near-tie and everything after it)."""
+    if not greedy:
+        return {}
+    reference, ref_tokens = next(iter(greedy.items()))
+    rows = {}
+    for phase, tokens in greedy.items():
+        prefixes = []
+        for a, b in zip(tokens, ref_tokens):
+            same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            prefixes.append(same)
+        rows[phase] = dict(identical=sum(a == b for a, b in zip(tokens, ref_tokens)), prompts=len(tokens),
+                           mean_agreeing_prefix=round(statistics.mean(prefixes), 2) if prefixes else None,
+                           tokens=len(tokens[0]) if tokens else 0)
+    return {"reference": reference, "phases": rows, "tokens": greedy}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -342,6 +375,7 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="torch-profile decode steps in every phase")
     ap.add_argument("--profile-delay", type=int, default=40, help="engine steps before the profiler starts")
     ap.add_argument("--profile-steps", type=int, default=10)
+    ap.add_argument("--greedy", type=int, default=64, help="fixed prompts answered greedily per LoRA phase (0: off)")
     ap.add_argument("--watchdog", type=float, default=240.0, help="py-spy dumps after N s of start-up (0 = off)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/gpu_lora"))
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny model, few requests: checks the script on CPU")
@@ -392,7 +426,9 @@ def main(argv=None):
     result = {"benchmark": "gpu_lora",
               "model": "Llama-3-8B-shaped, dummy weights" if not args.cpu_smoke else "tiny llama (CPU smoke)",
               "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "adapters_written_s": adapters_s, "gpu": None, "vllm": None, "engines": [], "rows": [], "profiles": {}}
+              "adapters_written_s": adapters_s, "gpu": None, "vllm": None, "engines": [], "rows": [], "profiles": {},
+              "greedy": {}}
+    greedy_prompts = prompt_set("greedy", args.greedy, 64)
     try:
         import vllm
 
@@ -419,7 +455,7 @@ def main(argv=None):
                                          "flashinfer_sampler": os.environ.get("VLLM_USE_FLASHINFER_SAMPLER", "1")})
         save()
         meta = {k: spec[k] for k in ("phase", "max_loras", "specialize_active_lora", "dual_stream", "tuned_configs",
-                                     "attention_only", "segmented_expand")}
+                                     "attention_only", "segmented")}
         try:
             if not spec["lora"]:
                 result["rows"].append(run(engine, "base (LoRA disabled)", prompts("base"), [None] * n, args.gen,
@@ -445,6 +481,8 @@ def main(argv=None):
                                                   **meta))
                     save()
                 profiled = plans["5"][1]
+                if args.greedy:
+                    result["greedy"][spec["phase"]] = greedy_tokens(engine, greedy_prompts, names[:5])
             if args.profile:
                 result["profiles"][spec["phase"]] = profile_run(engine, args, spec, prompts("profile")(0), profiled)
                 summary = {"profile": spec["phase"]} | (result["profiles"][spec["phase"]] or {})
@@ -460,6 +498,7 @@ def main(argv=None):
     for r in result["rows"]:
         ref = base.get("RAG-shaped" if r["label"].startswith("RAG") else "base (LoRA disabled)")
         r["ratio_to_base"] = round(r["out_tok_s"] / ref, 3) if ref else None
+    result["greedy_parity"] = greedy_parity(result.pop("greedy"))
     save()
     print(f"wrote {path}")
 

@@ -8,6 +8,7 @@
 #   bench-start     bench/gpu_lora.py in the background (setsid: it outlives this call while the machine is warm)
 #   kernels-bench-start  bench/lora_kernels.py --tune, then bench/gpu_lora.py with its tuned configs, in the background
 #   expand-grid     bench/lora_expand_grid.py (the project's segmented LoRA expand vs vLLM's grid), JSON to $OUT
+#   segmented       bench/lora_segmented.py (the segmented shrink + expand vs vLLM's own kernels), JSON to $OUT
 #   wait S          print the bench log for up to S seconds; copy results and stack dumps to $OUT
 set -uo pipefail
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
@@ -21,7 +22,9 @@ for step in "$@"; do
   case "$step" in
     setup)
       t=$SECONDS
-      mkdir -p /tmp/gb && cat $(ls /tmp/parts/* | sort -t/ -k4 -n) | tar xf - -C /tmp/gb || exit 1
+      mkdir -p /tmp/gb/wheels && cat $(ls /tmp/parts/* | sort -t/ -k4 -n) | tar xf - -C /tmp/gb || exit 1
+      # ../shared/gpu/make-vllm-parts.sh packs the wheels at the top of the tar; older bundles had wheels/ + model/
+      ls /tmp/gb/*.whl > /dev/null 2>&1 && mv /tmp/gb/*.whl /tmp/gb/wheels/
       python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/gb/wheels/*.whl || exit 1
       plugin=/tmp/site/domain_assistant_plugin-0.dist-info
       mkdir -p $plugin
@@ -53,6 +56,8 @@ for step in "$@"; do
         python3 -m bench.gpu_lora --out /tmp/bench --tuned-configs /tmp/bench/kernels/tuned_configs ${BENCH_ARGS:-} > /tmp/bench/log 2>&1" \
         < /dev/null > /dev/null 2>&1 &
       echo "kernels + bench started: pid $!" ;;
+    segmented)
+      python3 -m bench.lora_segmented --out "$OUT" 2>&1 | grep -v Warning ;;
     expand-grid)
       python3 -m bench.lora_expand_grid --out "$OUT" 2>&1 | grep -v Warning ;;
     wait)

@@ -46,14 +46,16 @@ def test_tuned_config_files_are_read_by_vllm(tmp_path, monkeypatch):
 def test_phase_grammar():
     assert parse_phase("base", 16) == dict(phase="base", lora=False, max_loras=None, specialize_active_lora=False,
                                          dual_stream=False, tuned_configs=False, attention_only=False,
-                                         segmented_expand=False, rows=None)
+                                         segmented=None, rows=None)
     spec = parse_phase("lora8s+tuned+attn+rows=5.100", 16)
     assert (spec["max_loras"], spec["specialize_active_lora"], spec["tuned_configs"], spec["attention_only"],
-            spec["dual_stream"], spec["segmented_expand"], spec["rows"]) == (8, True, True, True, False, False,
+            spec["dual_stream"], spec["segmented"], spec["rows"]) == (8, True, True, True, False, None,
                                                                             ["5", "100"])
     seg = parse_phase("lora100+seg", 16)
-    assert seg["segmented_expand"] and seg["max_loras"] == 100
+    assert seg["segmented"] == "1" and seg["max_loras"] == 100
     assert phase_env(seg, SimpleNamespace(tuned_configs=None))["ASSISTANT_SEGMENTED_LORA"] == "1"
+    expand_only = parse_phase("lora16+segx", 16)
+    assert phase_env(expand_only, SimpleNamespace(tuned_configs=None))["ASSISTANT_SEGMENTED_LORA"] == "expand"
     untuned = phase_env(spec | {"tuned_configs": False}, SimpleNamespace(tuned_configs=None))
     assert untuned["ASSISTANT_SEGMENTED_LORA"] is None
     assert parse_phase("lora", 16)["max_loras"] == 16

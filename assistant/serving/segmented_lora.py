@@ -36,13 +36,9 @@ except ImportError:  # CPU installs without Triton: the kernel is simply unavail
 if triton is not None:
 
     @triton.jit
-    def _expand_kernel(x_ptr, w_ptr, out_ptr, sorted_tokens_ptr, tokens_per_slot_ptr, slot_start_ptr,
-                       lora_ids_ptr, num_slots, N, K,
-                       x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k, out_stride_m, out_col0,
-                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                       ADD_INPUTS: tl.constexpr, SEGMENTED: tl.constexpr, SLOTS_P2: tl.constexpr):
-        pid_t = tl.program_id(0)
-        pid_n = tl.program_id(1)
+    def _tile(pid_t, lora_ids_ptr, tokens_per_slot_ptr, num_slots, BLOCK_M: tl.constexpr, SEGMENTED: tl.constexpr,
+              SLOTS_P2: tl.constexpr):
+        """(slot, first row within the slot's segment) of tile pid_t."""
         if SEGMENTED:
             # tile pid_t of the concatenated per-slot segments, each padded to BLOCK_M rows: the slot is
             # found from all slots' tile counts at once (one vector load, a cumsum), not a serial scan
@@ -59,6 +55,17 @@ if triton is not None:
             # vLLM's grid: one program per (slot, block of the whole batch)
             slot = tl.program_id(2)
             m_off = pid_t * BLOCK_M
+        return slot, m_off
+
+    @triton.jit
+    def _expand_kernel(x_ptr, w_ptr, out_ptr, sorted_tokens_ptr, tokens_per_slot_ptr, slot_start_ptr,
+                       lora_ids_ptr, num_slots, N, K,
+                       x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k, out_stride_m, out_col0,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                       ADD_INPUTS: tl.constexpr, SEGMENTED: tl.constexpr, SLOTS_P2: tl.constexpr):
+        pid_n = tl.program_id(1)
+        slot, m_off = _tile(tl.program_id(0), lora_ids_ptr, tokens_per_slot_ptr, num_slots, BLOCK_M, SEGMENTED,
+                            SLOTS_P2)
         if slot >= num_slots:
             return
         lora_id = tl.load(lora_ids_ptr + slot)
@@ -85,6 +92,48 @@ if triton is not None:
         if ADD_INPUTS:
             acc += tl.load(out, mask=mask, other=0.0).to(tl.float32)
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _shrink_kernel(x_ptr, w_ptr, out_ptr, sorted_tokens_ptr, tokens_per_slot_ptr, slot_start_ptr,
+                       lora_ids_ptr, num_slots, N, K, scaling,
+                       x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k, out_stride_m, out_stride_n,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                       SEGMENTED: tl.constexpr, SLOTS_P2: tl.constexpr):
+        # axis 0: tile x SPLIT_K (each program sums every SPLIT_K-th BLOCK_K slab of the hidden size);
+        # the output is the float32 buffer the expand reads, zeroed by the caller when SPLIT_K > 1
+        pid = tl.program_id(0)
+        pid_k = pid % SPLIT_K
+        pid_n = tl.program_id(1)
+        slot, m_off = _tile(pid // SPLIT_K, lora_ids_ptr, tokens_per_slot_ptr, num_slots, BLOCK_M, SEGMENTED,
+                            SLOTS_P2)
+        if slot >= num_slots:
+            return
+        lora_id = tl.load(lora_ids_ptr + slot)
+        count = tl.load(tokens_per_slot_ptr + slot)
+        if (lora_id == -1) | (m_off >= count):
+            return
+        start = tl.load(slot_start_ptr + slot)
+        offs_m = tl.arange(0, BLOCK_M)
+        row_ok = offs_m < count - m_off
+        rows = tl.load(sorted_tokens_ptr + start + m_off + offs_m, mask=row_ok, other=0)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            a = tl.load(x_ptr + rows[:, None] * x_stride_m + offs_k[None, :] * x_stride_k,
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + lora_id * w_stride_l + offs_n[None, :] * w_stride_n + offs_k[:, None] * w_stride_k,
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += tl.dot(a, b)
+        acc *= scaling
+        out = out_ptr + rows[:, None] * out_stride_m + offs_n[None, :] * out_stride_n
+        mask = row_ok[:, None] & col_ok[None, :]
+        if SPLIT_K == 1:
+            tl.store(out, acc, mask=mask)
+        else:
+            tl.atomic_add(out, acc, mask=mask)
 
 
 def token_metadata(mapping, max_loras: int) -> tuple:
@@ -121,6 +170,30 @@ def reference_expand(inputs, lora_b_weights, output, mapping, offset_start: int 
         ref[rows, column:column + n] = delta + (ref[rows, column:column + n] if add_inputs else 0)
         column += n
     return ref
+
+
+def reference_shrink(inputs, lora_a_weights, mapping, scaling: float):
+    """What lora_shrink computes, in float32 PyTorch: one [M, rank] buffer per slice holding
+    scaling * inputs @ lora_a[slot of each token].T, zero for tokens with slot -1. Returns [slices, M, rank]."""
+    import torch
+
+    rows = mapping >= 0
+    slots = mapping[rows].long()
+    out = torch.zeros(len(lora_a_weights), inputs.shape[0], lora_a_weights[0].shape[-2], dtype=torch.float32,
+                      device=inputs.device)
+    x = inputs[rows].float()
+    for s, weight in enumerate(lora_a_weights):
+        w = weight.reshape(weight.shape[0], weight.shape[-2], -1).float()
+        out[s, rows] = scaling * torch.einsum("mk,mrk->mr", x, w[slots])
+    return out
+
+
+def shrink_config(m: int) -> dict:
+    """vLLM 0.26's default shrink tiles (a 16-wide rank tile; the hidden size split over SPLIT_K programs, far
+    more at decode, where the token tiles are few)."""
+    small = m < 128
+    return dict(block_m=32, block_n=16, block_k=256 if small else 32, split_k=64 if small else 8, num_warps=4,
+                num_stages=2)
 
 
 def default_config(m: int, n: int) -> dict:
@@ -163,46 +236,102 @@ def lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token
         column += n
 
 
-def install() -> bool:
-    """Route vLLM's GPU punica wrapper to the segmented kernel (a registered custom op, so that
-    torch.compile keeps it opaque like vLLM's own; the op's schema is read from the annotations below,
+def lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                scaling: float, *, segmented: bool = True, config: dict | None = None) -> None:
+    """output[slice] = scaling * inputs @ lora_a[slice][slot of each token].T (zero for tokens without adapter).
+
+    Same arguments as vLLM's `lora_shrink`: inputs [M, hidden], lora_a_weights one [max_loras, (1,) rank,
+    hidden] tensor per slice, output the float32 [slices, M, rank] buffer the expand reads, then the kernel
+    metadata as in `lora_expand` and the LoRA scaling."""
+    if bool(no_lora_flag_cpu.item()):
+        return
+    output_tensor.zero_()  # as vLLM: tokens without adapter read zeros, split-K programs add into it
+    m = inputs.size(0)
+    slots = int(num_active_loras.item())
+    cfg = config or shrink_config(m)
+    m_tiles = triton.cdiv(m, cfg["block_m"])
+    for s, weight in enumerate(lora_a_weights):
+        n, k = weight.shape[-2], weight.shape[-1]
+        n_tiles = triton.cdiv(n, cfg["block_n"])
+        grid = ((m_tiles + slots) * cfg["split_k"], n_tiles, 1) if segmented else \
+            (m_tiles * cfg["split_k"], n_tiles, slots)
+        out = output_tensor[s]
+        _shrink_kernel[grid](
+            inputs, weight, out, token_indices_sorted_by_lora_ids, num_tokens_per_lora, lora_token_start_loc,
+            lora_ids, slots, n, k, scaling, inputs.stride(0), inputs.stride(1), weight.stride(0),
+            weight.stride(-2), weight.stride(-1), out.stride(0), out.stride(1),
+            BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], SPLIT_K=cfg["split_k"],
+            SEGMENTED=segmented, SLOTS_P2=max(16, triton.next_power_of_2(slots)), num_warps=cfg["num_warps"],
+            num_stages=cfg["num_stages"])
+
+
+def selected_kernels() -> set[str]:
+    """Which vLLM LoRA ops ASSISTANT_SEGMENTED_LORA replaces: "1" or "all" both, "expand" or "shrink" one
+    (comma-separated also works); unset or "0" none."""
+    value = os.environ.get(ENV_FLAG, "0").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return set()
+    if value in ("1", "all", "true", "yes", "on"):
+        return {"expand", "shrink"}
+    chosen = {v.strip() for v in value.split(",") if v.strip()}
+    unknown = chosen - {"expand", "shrink"}
+    if unknown:
+        logger.warning("%s: unknown kernel(s) %s ignored (use 1, expand or shrink)", ENV_FLAG, sorted(unknown))
+    return chosen & {"expand", "shrink"}
+
+
+def install() -> set[str]:
+    """Route vLLM's GPU punica wrapper to the segmented kernels (registered custom ops, so that
+    torch.compile keeps them opaque like vLLM's own; an op's schema is read from the annotations below,
     so this module must not use `from __future__ import annotations`). Called by the project's vLLM
-    plugin in every vLLM process; does nothing unless ASSISTANT_SEGMENTED_LORA=1 on a CUDA machine.
-    Returns whether it did."""
-    if os.environ.get(ENV_FLAG, "0") != "1":
-        return False
+    plugin in every vLLM process; does nothing unless ASSISTANT_SEGMENTED_LORA asks for it on a CUDA
+    machine. Returns the ops it replaced."""
+    chosen = selected_kernels()
+    if not chosen:
+        return set()
     import torch
 
     if triton is None or not torch.cuda.is_available():
-        logger.warning("%s=1 ignored: the segmented LoRA kernel needs CUDA and Triton", ENV_FLAG)
-        return False
+        logger.warning("%s ignored: the segmented LoRA kernels need CUDA and Triton", ENV_FLAG)
+        return set()
     from vllm.logger import init_logger
     from vllm.lora.punica_wrapper import punica_gpu
     from vllm.utils.torch_utils import direct_register_custom_op
 
-    if not hasattr(punica_gpu, "lora_expand"):  # a vLLM whose GPU wrapper no longer calls it by that name
-        logger.warning("%s=1 ignored: vllm.lora.punica_wrapper.punica_gpu has no lora_expand", ENV_FLAG)
-        return False
+    missing = {name for name in chosen if not hasattr(punica_gpu, f"lora_{name}")}
+    if missing:  # a vLLM whose GPU wrapper no longer calls them by these names
+        logger.warning("%s ignored: vllm.lora.punica_wrapper.punica_gpu has no %s", ENV_FLAG, sorted(missing))
+        return set()
 
-    def op(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
-           token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
-           num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
-           no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, offset_start: int = 0,
-           add_inputs: bool = False) -> None:
+    def expand_op(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
+                  token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
+                  num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
+                  no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, offset_start: int = 0,
+                  add_inputs: bool = False) -> None:
         lora_expand(inputs, lora_b_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
                     num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
                     offset_start, add_inputs)
 
-    def fake(inputs: torch.Tensor, lora_b_weights: list[torch.Tensor], output_tensor: torch.Tensor,
-             token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
-             num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
-             no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, offset_start: int = 0,
-             add_inputs: bool = False) -> None:
-        return None
+    def shrink_op(inputs: torch.Tensor, lora_a_weights: list[torch.Tensor], output_tensor: torch.Tensor,
+                  token_lora_mapping: torch.Tensor, token_indices_sorted_by_lora_ids: torch.Tensor,
+                  num_tokens_per_lora: torch.Tensor, lora_token_start_loc: torch.Tensor, lora_ids: torch.Tensor,
+                  no_lora_flag_cpu: torch.Tensor, num_active_loras: torch.Tensor, scaling: float) -> None:
+        lora_shrink(inputs, lora_a_weights, output_tensor, token_lora_mapping, token_indices_sorted_by_lora_ids,
+                    num_tokens_per_lora, lora_token_start_loc, lora_ids, no_lora_flag_cpu, num_active_loras,
+                    scaling)
 
-    if not hasattr(torch.ops.vllm, "assistant_segmented_lora_expand"):
-        direct_register_custom_op(op_name="assistant_segmented_lora_expand", op_func=op,
-                                  mutates_args=["output_tensor"], fake_impl=fake)
-    punica_gpu.lora_expand = torch.ops.vllm.assistant_segmented_lora_expand
-    init_logger(__name__).info("LoRA expand: the project's segmented kernel (%s=1)", ENV_FLAG)
-    return True
+    ops = {"expand": expand_op, "shrink": shrink_op}
+    for name in sorted(chosen):
+        op_name = f"assistant_segmented_lora_{name}"
+        if not hasattr(torch.ops.vllm, op_name):
+            direct_register_custom_op(op_name=op_name, op_func=ops[name], mutates_args=["output_tensor"],
+                                      fake_impl=_no_output)
+        setattr(punica_gpu, f"lora_{name}", getattr(torch.ops.vllm, op_name))
+    init_logger(__name__).info("LoRA %s: the project's segmented kernels (%s)", "+".join(sorted(chosen)), ENV_FLAG)
+    return chosen
+
+
+def _no_output(*args, **kwargs) -> None:
+    """Fake implementation for torch.compile: the ops only write into their output argument."""
+    return None

@@ -1,5 +1,6 @@
 """vLLM general plugin: fix the CPU LoRA kernels for requests that carry no adapter; on CUDA, opt in to
-the project's segmented LoRA expand kernel (ASSISTANT_SEGMENTED_LORA=1, see assistant/serving/segmented_lora.py).
+the project's segmented LoRA expand and shrink kernels (ASSISTANT_SEGMENTED_LORA=1, see
+assistant/serving/segmented_lora.py).
 
 vLLM marks a token without an adapter with LoRA slot index -1. The PyTorch ("punica CPU") ops
 gather `lora_weights[indices]`, and -1 silently selects the LAST slot, so in a batch that mixes
@@ -120,7 +121,7 @@ def enabled() -> bool:
 
 def register() -> None:
     """Entry point. Idempotent: vLLM may call it several times per process."""
-    if os.environ.get("ASSISTANT_SEGMENTED_LORA") == "1":  # import (and Triton) only when asked for
+    if os.environ.get("ASSISTANT_SEGMENTED_LORA", "0") not in ("", "0"):  # import (and Triton) only when asked for
         from assistant.serving import segmented_lora
 
         segmented_lora.install()
