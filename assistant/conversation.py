@@ -103,8 +103,8 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 def accept_rewrite(conversation: Conversation, rewrite: str) -> tuple[str, str]:
-    """(standalone question, how it was made): the model's rewrite when it is usable, else the last user
-    question followed by the follow-up. Usable: one line, 3-60 words, keeping most of the follow-up's words."""
+    """(standalone question, how it was made): the model's rewrite when it is usable, else the two latest
+    user questions followed by the follow-up. Usable: one line, 3-60 words, keeping most of the follow-up's words."""
     text = rewrite.strip().split("\n")[0].strip().strip('"').strip()
     text = re.sub(r"^(standalone question|question)\s*:\s*", "", text, flags=re.IGNORECASE)
     follow = {w.lower() for w in _WORD.findall(conversation.question) if len(w) > 3}
@@ -112,8 +112,10 @@ def accept_rewrite(conversation: Conversation, rewrite: str) -> tuple[str, str]:
     words = len(_WORD.findall(text))
     if 3 <= words <= 60 and (not follow or len(follow & kept) / len(follow) >= 0.5):
         return text, "model"
-    last_user = next(t["content"] for t in reversed(conversation.history) if t["role"] == "user")
-    return f"{_one_line(last_user, 300)} {conversation.question}", "concatenated"
+    # the two latest user turns: a second follow-up ("And at night?") still carries the topic the first set
+    earlier = [t["content"] for t in conversation.history if t["role"] == "user"][-2:]
+    context = " ".join(_one_line(q, 300) for q in earlier)
+    return f"{context} {conversation.question}", "concatenated"
 
 
 def history_that_fits(history: tuple[dict, ...], count_tokens, budget: int) -> tuple[list[dict], int]:
