@@ -167,9 +167,8 @@ def phase_env(spec: dict, args) -> dict[str, str | None]:
     """Environment of the engine process for this phase (the engine core reads vLLM's env at start)."""
     env = {"VLLM_LORA_ENABLE_DUAL_STREAM": "1" if spec["dual_stream"] else None,
            "VLLM_TUNED_CONFIG_FOLDER": str(args.tuned_configs) if spec["tuned_configs"] else None,
-           "ASSISTANT_SEGMENTED_LORA": spec["segmented"],
-           # a graph compiled (and cached) by an earlier phase calls vLLM's LoRA ops: never reuse it here
-           "VLLM_DISABLE_COMPILE_CACHE": "1" if spec["segmented"] else None}
+           # with this set the Engine also turns vLLM's compile cache off (an earlier phase's graph calls vLLM's ops)
+           "ASSISTANT_SEGMENTED_LORA": spec["segmented"]}
     if spec["tuned_configs"] and not (args.tuned_configs and any(Path(args.tuned_configs).glob("*.json"))):
         raise RuntimeError(f"phase {spec['phase']} needs --tuned-configs DIR (bench/lora_kernels.py --tune writes it)")
     return env

@@ -322,10 +322,13 @@ class Engine(LoopEngine):
         on_cpu = _cpu_platform()
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
-        elif enable_lora and os.environ.get("ASSISTANT_SEGMENTED_LORA", "0") not in ("", "0"):
-            # vLLM's torch.compile cache key does not cover which LoRA ops the graph calls: a graph compiled
-            # before with vLLM's kernels would be loaded and the segmented ones never run (H200 session 5)
-            os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+        elif enable_lora:
+            from assistant.serving.segmented_lora import selected_kernels
+
+            if selected_kernels():
+                # vLLM's torch.compile cache key does not cover which LoRA ops the graph calls: a graph compiled
+                # before with vLLM's kernels would be loaded and the segmented ones never run (H200 run 5)
+                os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
         lora = dict(enable_lora=True, max_loras=s.max_loras, max_lora_rank=s.max_lora_rank,
                     max_cpu_loras=max(s.max_cpu_loras, s.max_loras)) if enable_lora else {}
         kwargs = dict(

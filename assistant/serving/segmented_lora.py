@@ -58,6 +58,31 @@ if triton is not None:
         return slot, m_off
 
     @triton.jit
+    def _segment_rows(sorted_tokens_ptr, slot_start_ptr, slot, m_off, count, BLOCK_M: tl.constexpr):
+        """The token rows of this tile (indices into the batch) and which of its BLOCK_M rows are real."""
+        start = tl.load(slot_start_ptr + slot)
+        offs_m = tl.arange(0, BLOCK_M)
+        row_ok = offs_m < count - m_off
+        rows = tl.load(sorted_tokens_ptr + start + m_off + offs_m, mask=row_ok, other=0)
+        return rows, row_ok
+
+    @triton.jit
+    def _rows_times_weight(x_ptr, w_ptr, rows, row_ok, lora_id, offs_n, col_ok, K, k_first, k_step,
+                           x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """float32 x[rows] @ w[lora_id].T over the BLOCK_K slabs k_first, k_first + k_step, ... of K."""
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(k_first, K, k_step):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < K
+            a = tl.load(x_ptr + rows[:, None] * x_stride_m + offs_k[None, :] * x_stride_k,
+                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(w_ptr + lora_id * w_stride_l + offs_n[None, :] * w_stride_n + offs_k[:, None] * w_stride_k,
+                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+            acc += tl.dot(a.to(b.dtype), b)
+        return acc
+
+    @triton.jit
     def _expand_kernel(x_ptr, w_ptr, out_ptr, sorted_tokens_ptr, tokens_per_slot_ptr, slot_start_ptr,
                        lora_ids_ptr, num_slots, N, K,
                        x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k, out_stride_m, out_col0,
@@ -72,21 +97,11 @@ if triton is not None:
         count = tl.load(tokens_per_slot_ptr + slot)
         if (lora_id == -1) | (m_off >= count):
             return
-        start = tl.load(slot_start_ptr + slot)
-        offs_m = tl.arange(0, BLOCK_M)
-        row_ok = offs_m < count - m_off
-        rows = tl.load(sorted_tokens_ptr + start + m_off + offs_m, mask=row_ok, other=0)
+        rows, row_ok = _segment_rows(sorted_tokens_ptr, slot_start_ptr, slot, m_off, count, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            a = tl.load(x_ptr + rows[:, None] * x_stride_m + offs_k[None, :] * x_stride_k,
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_ptr + lora_id * w_stride_l + offs_n[None, :] * w_stride_n + offs_k[:, None] * w_stride_k,
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += tl.dot(a.to(b.dtype), b)
+        acc = _rows_times_weight(x_ptr, w_ptr, rows, row_ok, lora_id, offs_n, col_ok, K, 0, BLOCK_K,
+                                 x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k, BLOCK_M, BLOCK_N, BLOCK_K)
         out = out_ptr + rows[:, None] * out_stride_m + (out_col0 + offs_n)[None, :]
         mask = row_ok[:, None] & col_ok[None, :]
         if ADD_INPUTS:
@@ -112,21 +127,12 @@ if triton is not None:
         count = tl.load(tokens_per_slot_ptr + slot)
         if (lora_id == -1) | (m_off >= count):
             return
-        start = tl.load(slot_start_ptr + slot)
-        offs_m = tl.arange(0, BLOCK_M)
-        row_ok = offs_m < count - m_off
-        rows = tl.load(sorted_tokens_ptr + start + m_off + offs_m, mask=row_ok, other=0)
+        rows, row_ok = _segment_rows(sorted_tokens_ptr, slot_start_ptr, slot, m_off, count, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = offs_n < N
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(pid_k * BLOCK_K, K, BLOCK_K * SPLIT_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < K
-            a = tl.load(x_ptr + rows[:, None] * x_stride_m + offs_k[None, :] * x_stride_k,
-                        mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(w_ptr + lora_id * w_stride_l + offs_n[None, :] * w_stride_n + offs_k[:, None] * w_stride_k,
-                        mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            acc += tl.dot(a, b)
+        acc = _rows_times_weight(x_ptr, w_ptr, rows, row_ok, lora_id, offs_n, col_ok, K, pid_k * BLOCK_K,
+                                 BLOCK_K * SPLIT_K, x_stride_m, x_stride_k, w_stride_l, w_stride_n, w_stride_k,
+                                 BLOCK_M, BLOCK_N, BLOCK_K)
         acc *= scaling
         out = out_ptr + rows[:, None] * out_stride_m + offs_n[None, :] * out_stride_n
         mask = row_ok[:, None] & col_ok[None, :]
