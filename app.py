@@ -118,7 +118,7 @@ def turn_notes(answer: Answer) -> str:
     rewritten, and a note when earlier turns did not fit the prompt."""
     notes = []
     if answer.standalone_question and not _same(answer.standalone_question, answer.question):
-        how = " (the previous question + this one)" if answer.rewrite == "concatenated" else ""
+        how = " (the latest questions + this one)" if answer.rewrite == "concatenated" else ""
         notes.append(f"Searched for: “{html.escape(answer.standalone_question)}”{how}")
     dropped = sum(int(f.split(":", 1)[1]) for f in answer.flags if f.startswith("history_dropped:"))
     if dropped:
