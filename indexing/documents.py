@@ -1,9 +1,9 @@
 """Readers: a domain corpus.jsonl or a folder of files -> SourceDocuments, with per-file errors.
 
 File formats go through llama-index's readers (PDF via pypdf, DOCX, CSV via pandas, HTML by tag,
-Markdown and text); nothing here parses those formats by hand. A bad file (empty, binary, corrupt,
-not UTF-8, over the size limit, unsupported) becomes an entry in `ReadReport.errors` and the rest are
-still read.
+Markdown and text) and reStructuredText through docutils (indexing/rst_text.py); nothing here parses
+those formats by hand. A bad file (empty, binary, corrupt, not UTF-8, over the size limit, unsupported)
+becomes an entry in `ReadReport.errors` and the rest are still read.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".pdf", ".docx", ".csv", ".jsonl")
+from .rst_text import rst_to_text
+
+SUPPORTED_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf", ".docx", ".csv", ".jsonl")
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
-TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".html", ".htm", ".csv", ".jsonl")
+TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst", ".html", ".htm", ".csv", ".jsonl")
 
 
 @dataclass
@@ -121,8 +123,12 @@ def read_file(path: Path, root: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -
             raise ValueError(f"no valid corpus lines; first error: {report.errors[0]}")
         return report.documents
     reader = _file_reader(suffix)
+    title = path.stem
     try:
-        if reader is None:
+        if suffix == ".rst":
+            text, doc_title = rst_to_text(path.read_text(encoding="utf-8"))
+            title = doc_title or title
+        elif reader is None:
             text = path.read_text(encoding="utf-8")
         else:
             docs = reader.load_data(path)
@@ -131,7 +137,7 @@ def read_file(path: Path, root: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -
         raise ValueError(f"could not be read as {suffix[1:].upper()}: {type(exc).__name__}: {exc}"[:400]) from None
     if not text.strip():
         raise ValueError("no extractable text (scanned PDF or empty document?)")
-    return [SourceDocument(doc_id=rel, title=path.stem, text=text, source=rel, doc_type=suffix[1:], date=date)]
+    return [SourceDocument(doc_id=rel, title=title, text=text, source=rel, doc_type=suffix[1:], date=date)]
 
 
 def iter_files(root: Path) -> Iterator[Path]:
