@@ -83,6 +83,12 @@ class Settings:
     def index_dir(self) -> Path:
         return self.data_dir / "index"
 
+    @property
+    def user_domains_dir(self) -> Path:
+        """Where `new-domain` writes new packages: the data directory, never the source checkout, whose packaged
+        domains stay in `domains_dir`. Lookup searches both (assistant/domains.py)."""
+        return self.data_dir / "domains"
+
     @classmethod
     def load(cls, **overrides) -> Settings:
         values: dict = {}

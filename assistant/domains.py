@@ -1,4 +1,5 @@
 """Domain packages: `domains/<name>/domain.toml` + prompts/ + data/ + adapter/, read once into a typed spec.
+Packaged domains live in `Settings.domains_dir`; those made by `new-domain` in `Settings.user_domains_dir`.
 
 Every key `domain.toml` may hold is a field below, with its default and what it means; there is no other
 place that knows a default. A key that is not a field, or a value of the wrong type, is refused with the
@@ -17,7 +18,8 @@ from assistant.config import Settings
 from assistant.data_format import PRIMARY_METRICS
 from assistant.errors import DomainError, UnknownDomainError
 
-__all__ = ["DataSource", "Domain", "DomainError", "UnknownDomainError", "get_domain", "list_domains", "load_domain"]
+__all__ = ["DataSource", "Domain", "DomainError", "UnknownDomainError", "domain_roots", "get_domain", "list_domains",
+           "load_domain"]
 RETRIEVAL_MODES = ("hybrid", "dense", "sparse")
 ANSWER_FORMS = ("", "yes/no/maybe", "evidence")  # free text, scored label, copied span (assistant.evidence)
 
@@ -277,16 +279,30 @@ def load_domain(root: str | Path) -> Domain:
     )
 
 
-def list_domains(settings: Settings | None = None) -> list[str]:
+def domain_roots(settings: Settings | None = None) -> dict[str, Path]:
+    """Every domain package by name: the packaged ones (`settings.domains_dir`: the source checkout's or
+    ASSISTANT_DOMAINS_DIR) and those made by `new-domain` (`settings.user_domains_dir`, under the
+    data directory). A name in both is refused rather than one silently shadowing the other: both would
+    share the name's index and adapter registration, so which one answers would be a guess."""
     settings = settings or Settings.load()
-    if not settings.domains_dir.is_dir():
-        return []
-    return sorted(p.name for p in settings.domains_dir.iterdir() if (p / "domain.toml").is_file())
+    found: dict[str, Path] = {}
+    for folder in (settings.domains_dir, settings.user_domains_dir):
+        if not folder.is_dir():
+            continue
+        for root in sorted(p for p in folder.iterdir() if (p / "domain.toml").is_file()):
+            if root.name in found and found[root.name].resolve() != root.resolve():
+                raise DomainError(f"domain {root.name!r} is in both {found[root.name]} and {root}: rename or "
+                                  "remove one (packaged domains and those made by new-domain share one namespace)")
+            found[root.name] = root
+    return found
+
+
+def list_domains(settings: Settings | None = None) -> list[str]:
+    return sorted(domain_roots(settings))
 
 
 def get_domain(name: str, settings: Settings | None = None) -> Domain:
-    settings = settings or Settings.load()
-    known = list_domains(settings)
-    if name not in known:
-        raise UnknownDomainError(f"unknown domain {name!r}; known domains: {', '.join(known) or 'none'}")
-    return load_domain(settings.domains_dir / name)
+    roots = domain_roots(settings)
+    if name not in roots:
+        raise UnknownDomainError(f"unknown domain {name!r}; known domains: {', '.join(sorted(roots)) or 'none'}")
+    return load_domain(roots[name])

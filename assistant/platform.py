@@ -91,7 +91,7 @@ class Platform:
         owns_engine = engine is None
         names = domains or list_domains(settings)
         if not names:
-            raise DomainError(f"no domain packages found in {settings.domains_dir}")
+            raise DomainError(f"no domain packages found in {settings.domains_dir} or {settings.user_domains_dir}")
         loaded = {d.name: d for d in (n if isinstance(n, Domain) else get_domain(n, settings) for n in names)}
         prepared = prepare(settings, progress=(print if progress else (lambda *_: None)))
         store = open_store(settings)

@@ -231,7 +231,8 @@ def test_tiny_training_run_writes_a_verifiable_manifest(prepared, tmp_path):
 
 def test_one_command_from_documents_to_a_trained_evaluated_domain(prepared, small_corpus, tmp_path):
     """`assistant new-domain --train --eval`: scaffold, index, train, calibrate, score, in one CLI run (own process,
-    own store and domains folder; the packaged models are shared)."""
+    own store, an empty packaged-domains folder; the packaged models are shared). New domains land in the data
+    directory, the packaged folder is only read."""
     import os
     import subprocess
     import sys
@@ -253,20 +254,21 @@ def test_one_command_from_documents_to_a_trained_evaluated_domain(prepared, smal
     refused = subprocess.run(cli + ["plant-ops", "--corpus", str(small_corpus), "--train"], env=env,
                              capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "--qa FILE or --synthetic N" in refused.stderr
-    assert not (domains / "plant-ops").exists()  # refused before anything was written
+    assert not (home / "domains" / "plant-ops").exists()  # refused before anything was written
 
     train_only = tmp_path / "train-only.jsonl"
     train_only.write_text("".join(json.dumps(r) + "\n" for r in rows if r["split"] == "train"))
     stopped = subprocess.run(cli + ["pumps", "--corpus", str(small_corpus), "--qa", str(train_only), "--eval"],
                              env=env, capture_output=True, text=True, timeout=600)
     assert stopped.returncode == 1 and "--eval needs held-out questions" in stopped.stderr
-    assert (domains / "pumps" / "data" / "qa.jsonl").is_file()  # stopped before training; nothing lost
+    assert (home / "domains" / "pumps" / "data" / "qa.jsonl").is_file()  # stopped before training; nothing lost
 
     proc = subprocess.run(cli + ["plant-ops", "--corpus", str(small_corpus), "--qa", str(qa), "--eval",
                                  "--max-steps", "2", "--eval-limit", "4"],
                           env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    root = domains / "plant-ops"
+    root = home / "domains" / "plant-ops"
+    assert not any(domains.iterdir())  # the packaged folder (ASSISTANT_DOMAINS_DIR) got nothing
     manifest = json.loads((root / "adapter" / "manifest.json").read_text())
     assert manifest["steps"] == 2 and manifest["domain"] == "plant-ops"
     assert manifest["eval"]["split"] == "test" and manifest["eval"]["n"] == 4

@@ -212,7 +212,8 @@ def test_new_domain_reports_every_skipped_file_and_fails_when_none_is_readable(t
     with pytest.raises(ScaffoldError) as refused:
         new_domain("nothing-here", only_bad, settings)
     assert "empty.txt" in str(refused.value) and "binary.txt" in str(refused.value)
-    assert not (tmp_path / "domains" / "nothing-here").exists()
+    assert not (settings.user_domains_dir / "nothing-here").exists()
+    assert report.root == settings.user_domains_dir / "plant-notes"  # the data directory, not domains_dir
 
 
 # --- 3, 6 and the dead engine: real processes ------------------------------------------------------------------

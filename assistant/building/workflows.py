@@ -16,8 +16,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from assistant.config import Settings
-from assistant.domains import Domain, get_domain, list_domains, load_domain
-from assistant.errors import AssistantError, ConfigError, InputError
+from assistant.domains import Domain, domain_roots, get_domain, list_domains, load_domain
+from assistant.errors import AssistantError, ConfigError, InputError, ScaffoldError
 
 Progress = Callable[[str], None]
 
@@ -151,8 +151,12 @@ def new_domain(name: str, corpus: str | Path, settings: Settings | None = None, 
     settings = settings or Settings.load()
     train = train or evaluate
     require_training_questions(train, qa, synthetic)
+    existing = domain_roots(settings)
+    if name in existing:  # a packaged domain too: both would share the name's index (assistant/domains.py)
+        raise ScaffoldError(f"domain {name!r} already exists at {existing[name]}")
     read = read_source(corpus)  # read once: the files it skips are reported with the result
-    root = create_domain(name, corpus, settings.domains_dir, qa=qa, description=description, read=read)
+    # into the data directory: new packages never go into the source checkout
+    root = create_domain(name, corpus, settings.user_domains_dir, qa=qa, description=description, read=read)
     store, embedder = open_store_and_embedder(settings, progress)
     try:
         dom = load_domain(root)
