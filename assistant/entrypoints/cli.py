@@ -11,7 +11,7 @@ import sys
 import click
 
 from assistant.config import Settings, configure_environment
-from assistant.errors import InputError, error_info, mapped_error_types
+from assistant.errors import ConflictError, InputError, error_info, mapped_error_types
 
 
 class Group(click.Group):
@@ -30,6 +30,23 @@ class Group(click.Group):
 
 def echo_err(message: str) -> None:
     click.echo(message, err=True)
+
+
+api_key_option = click.option("--api-key", envvar="ASSISTANT_API_KEY", default=None,
+                              help="Key for a running service that needs one (default: $ASSISTANT_API_KEY).")
+
+
+def running_service(settings: Settings, domain: str):
+    """The `assistant serve` running on this data directory, if it serves `domain`: its index is that process's
+    (indexing/store/lock.py), so `ask`, `retrieve` and `index --source` send their work to it instead."""
+    from assistant.entrypoints.service_file import find_running
+
+    info = find_running(settings)
+    return info if info is not None and domain in info.domains else None
+
+
+def answered_by(service) -> None:
+    echo_err(f"  -- answered by the running service at {service.url} (pid {service.pid})")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,8 +89,10 @@ def setup(as_json):
 @click.option("--chunk-size", type=int, default=None, help="Tokens per chunk (default from domain.toml).")
 @click.option("--chunk-overlap", type=int, default=None, help="Token overlap between chunks.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def index(domain, source, prune, delete_ids, chunk_size, chunk_overlap, as_json):
-    """Build or update a domain's index (idempotent; a killed run resumes without duplicates)."""
+@api_key_option
+def index(domain, source, prune, delete_ids, chunk_size, chunk_overlap, as_json, api_key):
+    """Build or update a domain's index (idempotent; a killed run resumes without duplicates). With `assistant
+    serve` running on this data directory, `--source` files are uploaded to it and indexed there."""
     from assistant.building.indexer import index_domain
     from assistant.building.workflows import open_store_and_embedder
     from assistant.domains import get_domain
@@ -81,6 +100,19 @@ def index(domain, source, prune, delete_ids, chunk_size, chunk_overlap, as_json)
 
     settings = Settings.load()
     dom = get_domain(domain, settings)
+    service = running_service(settings, dom.name)
+    if service is not None:
+        if not source or delete_ids or prune or chunk_size or chunk_overlap:
+            raise ConflictError(f"the running service at {service.url} (pid {service.pid}) holds {dom.name}'s "
+                                "index: only `--source PATH` is sent to it (as uploads); stop it for a full "
+                                "re-index, --prune, --delete or other chunk sizes")
+        from assistant.entrypoints.remote_index import index_via_service
+
+        report = index_via_service(service, api_key, dom.name, source, as_json)
+        if report["errors"]:
+            echo_err(f"{len(report['errors'])} item(s) failed; the rest were indexed")
+            sys.exit(1)
+        return
     store, embedder = open_store_and_embedder(settings, echo_err)
     try:
         if delete_ids:
@@ -126,7 +158,8 @@ def _parse_filters(items) -> dict | None:
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
               help="Payload filter, e.g. title=ticketmaster.com")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def retrieve(domain, question, k, mode, filters, as_json):
+@api_key_option
+def retrieve(domain, question, k, mode, filters, as_json, api_key):
     """Passages only: hybrid search in the domain's index."""
     from assistant.answer import check_question
     from assistant.building.workflows import open_store_and_embedder
@@ -136,19 +169,27 @@ def retrieve(domain, question, k, mode, filters, as_json):
     settings = Settings.load()
     dom = get_domain(domain, settings)
     question = check_question(question, settings.max_question_chars)
-    store, embedder = open_store_and_embedder(settings, echo_err)
-    try:
-        passages = Retriever(store, embedder, max_query_chars=settings.max_question_chars).retrieve(
-            dom.name, question, k, mode=mode, filter=_parse_filters(filters))
-    finally:
-        store.close()
+    service = running_service(settings, dom.name)
+    if service is not None:
+        from assistant.entrypoints.service_client import ServiceClient
+
+        with ServiceClient(service.url, api_key) as client:
+            passages = client.retrieve(dom.name, question, k=k, mode=mode, filter=_parse_filters(filters))
+    else:
+        store, embedder = open_store_and_embedder(settings, echo_err)
+        try:
+            passages = [p.to_dict() for p in Retriever(store, embedder, max_query_chars=settings.max_question_chars)
+                        .retrieve(dom.name, question, k, mode=mode, filter=_parse_filters(filters))]
+        finally:
+            store.close()
     if as_json:
-        click.echo(json.dumps({"domain": dom.name, "question": question,
-                               "passages": [p.to_dict() for p in passages]}, indent=2))
-        return
-    for n, p in enumerate(passages, 1):
-        click.echo(f"[{n}] {p.title or p.doc_id}  (doc {p.doc_id}, score {p.score:.4f})")
-        click.echo("    " + p.text[:300].replace("\n", " "))
+        click.echo(json.dumps({"domain": dom.name, "question": question, "passages": passages}, indent=2))
+    else:
+        for n, p in enumerate(passages, 1):
+            click.echo(f"[{n}] {p['title'] or p['doc_id']}  (doc {p['doc_id']}, score {p['score']:.4f})")
+            click.echo("    " + p["text"][:300].replace("\n", " "))
+    if service is not None:
+        answered_by(service)
 
 
 @main.command()
@@ -158,33 +199,54 @@ def retrieve(domain, question, k, mode, filters, as_json):
 @click.option("--no-lora", is_flag=True, help="Answer with the base model, without the domain adapter.")
 @click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE", help="Retrieve within matching documents.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
-def ask(domain, question, no_rag, no_lora, filters, as_json):
-    """A grounded, cited answer from the domain's adapter and index."""
+@api_key_option
+def ask(domain, question, no_rag, no_lora, filters, as_json, api_key):
+    """A grounded, cited answer from the domain's adapter and index (from the running `assistant serve` of this
+    data directory when there is one)."""
     from assistant.answer import check_question
     from assistant.domains import get_domain
-    from assistant.platform import Platform
 
     settings = Settings.load()
     dom = get_domain(domain, settings)                      # fail fast, before the engine starts,
     check_question(question, settings.max_question_chars)   # on a bad domain or question
     kwargs = dict(rag=not no_rag, lora=not no_lora, filter=_parse_filters(filters))
+    service = running_service(settings, dom.name)
+    if service is not None:
+        from assistant.entrypoints.service_client import ServiceClient
+
+        with ServiceClient(service.url, api_key) as client:
+            pieces = iter([client.ask(dom.name, question, **kwargs)]) if as_json else \
+                client.stream(dom.name, question, **kwargs)
+            _print_answer(pieces, as_json)
+        answered_by(service)
+        return
+    from assistant.platform import Platform
+
     with Platform.load([dom], settings, progress=not as_json) as platform:
         if as_json:
-            answer = platform.ask(dom.name, question, **kwargs)
-            click.echo(json.dumps(answer.to_dict(passages=False), indent=2))
+            _print_answer(iter([platform.ask(dom.name, question, **kwargs).to_dict(passages=False)]), True)
             return
-        answer = None
-        for piece in platform.stream(dom.name, question, **kwargs):
-            if isinstance(piece, str):
-                click.echo(piece, nl=False)
-            else:
-                answer = piece
-        click.echo()
-        for c in answer.citations:
-            click.echo(f"  [{c.n}] {c.title or c.doc_id} (doc {c.doc_id}, score {c.score:.3f})")
-        status = "abstained" if answer.abstained else ", ".join(answer.flags) or "ok"
-        echo_err(f"  -- {answer.adapter or 'base model'}; retrieve {answer.timings['retrieve_ms']:.0f} ms, "
-                 f"generate {answer.timings['generate_ms']:.0f} ms; {status}")
+        _print_answer((p if isinstance(p, str) else p.to_dict(passages=False)
+                       for p in platform.stream(dom.name, question, **kwargs)), False)
+
+
+def _print_answer(pieces, as_json: bool) -> None:
+    """Streamed text pieces, then the answer as `Answer.to_dict(passages=False)` (local or from the service)."""
+    answer: dict = {}
+    for piece in pieces:
+        if isinstance(piece, str):
+            click.echo(piece, nl=False)
+        else:
+            answer = piece
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo()
+    for c in answer["citations"]:
+        click.echo(f"  [{c['n']}] {c['title'] or c['doc_id']} (doc {c['doc_id']}, score {c['score']:.3f})")
+    status = "abstained" if answer["abstained"] else ", ".join(answer["flags"]) or "ok"
+    echo_err(f"  -- {answer['adapter'] or 'base model'}; retrieve {answer['timings']['retrieve_ms']:.0f} ms, "
+             f"generate {answer['timings']['generate_ms']:.0f} ms; {status}")
 
 
 @main.command()

@@ -99,6 +99,17 @@ class ReloadRequest(BaseModel):
     path: str | None = None  # a new adapter version's directory; empty = re-read the domain's adapter/
 
 
+class RetrieveRequest(BaseModel):
+    """`POST /v1/domains/{domain}/retrieve`: passages only (`assistant retrieve` sends it to a running service).
+    k, mode: the domain's own when left out; the retriever checks their values."""
+    model_config = ConfigDict(extra="forbid")
+
+    query: str
+    k: int | None = None
+    mode: str | None = None
+    filter: dict | None = None
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str = "invalid_request"):
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
 
@@ -318,6 +329,14 @@ def create_app(platform: Platform) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    @app.post("/v1/domains/{domain}/retrieve")
+    async def retrieve(domain: str, req: RetrieveRequest, authorization: str | None = Header(default=None)):
+        """The domain's passages for a query (what the model would be shown, without generating)."""
+        authorize(domain, authorization)
+        passages = await run_in_threadpool(platform.retrieve, domain, req.query, req.k, filter=req.filter,
+                                           mode=req.mode)
+        return {"domain": domain, "passages": [p.to_dict() for p in passages]}
+
     return app
 
 
@@ -328,6 +347,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None =
     import sys
 
     import uvicorn
+
+    from assistant.entrypoints.service_file import client_url, publish
 
     configure_environment()
     install_shutdown_rules()  # while loading too: vLLM's start takes a minute
@@ -340,7 +361,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None =
         watchdog = EngineWatchdog(platform.engine.healthy, lambda: setattr(server, "should_exit", True))
         watchdog.start()
         try:
-            server.run()  # handles SIGTERM/SIGINT: stops accepting, gives requests 10 s, returns
+            with publish(platform.settings, client_url(host, port), list(platform.domains)):  # for the CLI
+                server.run()  # handles SIGTERM/SIGINT: stops accepting, gives requests 10 s, returns
         except SystemExit as exc:  # uvicorn re-raises the signal it caught once it has stopped: a clean stop
             if exc.code != 128 + signal.SIGTERM:
                 raise
