@@ -71,6 +71,12 @@ class Settings:
     qdrant_api_key: str = ""
     # HTTP API keys: JSON {"legal": ["key1"], "*": ["admin-key"]}; empty = no keys required.
     api_keys: str = ""
+    # Named users (app logins and HTTP keys, private uploads): JSON
+    # {"alice": {"password": "...", "api_keys": ["..."], "admin": false}}; empty = none (assistant/users.py).
+    users: str = ""
+    max_upload_bytes: int = 50_000_000          # one uploaded file
+    max_upload_files: int = 2000                # files in one upload
+    max_upload_request_bytes: int = 500_000_000  # the body of one upload request (the other routes: max_request_bytes)
     max_question_chars: int = 4000
     max_tokens_limit: int = 512
     max_request_bytes: int = 1_000_000  # HTTP request bodies over this get 413 before they are read

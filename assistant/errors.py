@@ -79,6 +79,15 @@ class AuthenticationError(AssistantError):
     exit_code = 1
 
 
+class PermissionDeniedError(AssistantError):
+    """A known user asked for something only its owner or an admin may do (publish, remove, export)."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+    exit_code = 1
+
+
 class ConflictError(AssistantError):
     """The request collides with state: the index is held by another process, the thing already exists."""
 

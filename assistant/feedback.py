@@ -30,14 +30,15 @@ class FeedbackLog:
         return self.directory / f"{domain}.jsonl"
 
     def append(self, *, domain: str, question: str, answer: str, rating: str, citations: list[dict],
-               adapter: str | None, comment: str = "", extra: dict | None = None) -> dict:
+               adapter: str | None, comment: str = "", extra: dict | None = None, user: str | None = None) -> dict:
+        """`user`: who rated (a login's name; None without logins), recorded in the line."""
         if rating not in ("up", "down"):
             raise FeedbackError(f"rating must be 'up' or 'down', not {rating!r}")
         if not question or not answer:
             raise FeedbackError("feedback needs the question and the answer it rates")
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "domain": domain, "rating": rating,
                   "comment": (comment or "").strip()[:MAX_COMMENT_CHARS], "question": question, "answer": answer,
-                  "citations": citations, "adapter": adapter} | (extra or {})
+                  "citations": citations, "adapter": adapter, "user": user} | (extra or {})
         path = self.path(domain)
         path.parent.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -52,3 +53,11 @@ class FeedbackLog:
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def export(self, domain: str) -> bytes:
+        """The domain's log as JSONL bytes, read under the writers' lock (no torn last line); empty if none."""
+        path = self.path(domain)
+        if not path.is_file():
+            return b""
+        with FileLock(str(path) + ".lock", timeout=30):
+            return path.read_bytes()

@@ -31,11 +31,13 @@ from assistant.conversation import (
 from assistant.domains import Domain, DomainError, UnknownDomainError, get_domain, list_domains
 from assistant.errors import AdapterError, EngineUnavailableError, InputError
 from assistant.evidence import EVIDENCE_FORM, EvidenceForm, pick_span
+from assistant.library import DocumentLibrary
 from assistant.prompting import build_messages, parse_citations
 from assistant.redaction import redact
 from assistant.sampling import Sampling
 from assistant.serving.adapters import Adapter
 from assistant.serving.engine import GenerationRequest, GenerationResult, ScoreRequest
+from assistant.users import Users
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ class Platform:
         self.base_model_sha256 = base_model_sha256  # adapters must name it in their manifest (None: not checked)
         self._calibrations: dict[str, tuple[int | None, dict]] = {}  # domain -> (file mtime, choice calibration)
         self.refused_adapters: dict[str, str] = {}  # domain -> why its adapter was refused at start-up
+        self._users: tuple[tuple, Users] | None = None
+        self.library = DocumentLibrary(settings, store, embedder, domains)  # uploads: add, list, remove, publish
         self._closed = False
 
     # ---- construction ----------------------------------------------------------------------
@@ -124,11 +128,23 @@ class Platform:
             raise
         return platform
 
+    @property
+    def users(self) -> Users:
+        """Who may log in and which key is whom (the app and the API), re-read when the settings change."""
+        import os
+
+        source = (self.settings.users, self.settings.api_keys, os.environ.get("ASSISTANT_APP_PASSWORD"),
+                  os.environ.get("ASSISTANT_APP_USER"))
+        if self._users is None or self._users[0] != source:
+            self._users = (source, Users.from_settings(self.settings))
+        return self._users[1]
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         try:
+            self.library.close()  # an upload being embedded finishes first; queued ones are dropped
             if self.owns_engine:
                 self.engine.shutdown()
         finally:
@@ -147,16 +163,18 @@ class Platform:
         return self.domains[name]
 
     def retrieve(self, domain: str, question: str, k: int | None = None, *, filter: dict | None = None,
-                 mode: str | None = None, query_vector=None):
+                 mode: str | None = None, query_vector=None, user: str | None = None):
+        """`user`: who asks; their private uploads are searched too (None: only the documents every user sees)."""
         dom = self.domain(domain)
         question = check_question(question, self.settings.max_question_chars)
         return self.retriever.retrieve(dom.name, question, k or dom.k, mode=mode or dom.retrieval.mode,
-                                       filter=filter, query_vector=query_vector)
+                                       filter=filter, query_vector=query_vector, viewer=user)
 
-    def evidence(self, domain: str, question: str, filter: dict | None = None, query_vector=None) -> float:
-        """Cosine similarity of the closest chunk (dense): the evidence gate's signal."""
+    def evidence(self, domain: str, question: str, filter: dict | None = None, query_vector=None,
+                 user: str | None = None) -> float:
+        """Cosine similarity of the closest chunk (dense) this user may see: the evidence gate's signal."""
         dense = query_vector if query_vector is not None else self.embedder.embed_query(question)
-        hits = self.store.search(domain, dense=dense, sparse=None, k=1, filter=filter)
+        hits = self.store.search(domain, dense=dense, sparse=None, k=1, filter=filter, viewer=user)
         return hits[0].score if hits else 0.0
 
     def adapter_for(self, domain: str, lora: bool = True) -> Adapter | None:
@@ -173,7 +191,7 @@ class Platform:
     def _prepare(self, domain: str, question: str, rag: bool, lora: bool, k: int | None, filter: dict | None,
                  options: dict | None, max_tokens: int | None, form: str | None = None, *,
                  conversation: Conversation | None = None, standalone: str | None = None,
-                 sampling: Sampling | None = None) -> _Draft:
+                 sampling: Sampling | None = None, user: str | None = None) -> _Draft:
         """The answer so far and the request that finishes it. Chat turns also pass the conversation (earlier
         turns go into the prompt) and the standalone question, which retrieval and the gate use instead."""
         dom = self.domain(domain)
@@ -183,8 +201,8 @@ class Platform:
         passages, evidence, vector = [], None, None
         if rag:
             vector = self.embedder.embed_query(searched)  # once, for both retrieval and the gate
-            passages = self.retrieve(dom.name, searched, k, filter=filter, query_vector=vector)
-            evidence = self.evidence(dom.name, searched, filter, query_vector=vector)
+            passages = self.retrieve(dom.name, searched, k, filter=filter, query_vector=vector, user=user)
+            evidence = self.evidence(dom.name, searched, filter, query_vector=vector, user=user)
         retrieve_ms = (time.perf_counter() - started) * 1000
         adapter = self.adapter_for(dom.name, lora)
         answer = Answer(domain=dom.name, question=question, text="", citations=[],
@@ -346,31 +364,33 @@ class Platform:
 
     def ask(self, domain: str, question: str, *, rag: bool = True, lora: bool = True, k: int | None = None,
             filter: dict | None = None, options: dict | None = None, max_tokens: int | None = None,
-            form: str | None = None) -> Answer:
+            form: str | None = None, user: str | None = None) -> Answer:
         """One grounded answer. `options` (letter -> text) or `form="yes/no/maybe"` make it a choice question:
-        the label is picked by scoring every allowed one, and the reply starts with it."""
+        the label is picked by scoring every allowed one, and the reply starts with it. `user`: who asks (their
+        private documents are searched too)."""
         return self.ask_many([(domain, question)], rag=rag, lora=lora, k=k, filter=filter, options=options,
-                             max_tokens=max_tokens, form=form)[0]
+                             max_tokens=max_tokens, form=form, user=user)[0]
 
-    def _drafts(self, items, *, rag, lora, k, filter, options, max_tokens, form) -> list[_Draft]:
+    def _drafts(self, items, *, rag, lora, k, filter, options, max_tokens, form, user=None) -> list[_Draft]:
         """items: (domain, question) pairs or dicts whose keys override the call's defaults."""
         drafts = []
         for item in items:
             spec = dict(item) if isinstance(item, dict) else {"domain": item[0], "question": item[1]}
             drafts.append(self._prepare(spec["domain"], spec["question"], spec.get("rag", rag),
                                         spec.get("lora", lora), spec.get("k", k), spec.get("filter", filter),
-                                        spec.get("options", options), max_tokens, spec.get("form", form)))
+                                        spec.get("options", options), max_tokens, spec.get("form", form),
+                                        user=user))
         return drafts
 
     def ask_many(self, items, *, rag: bool = True, lora: bool = True, k: int | None = None,
                  filter: dict | None = None, options: dict | None = None,
-                 max_tokens: int | None = None, form: str | None = None) -> list[Answer]:
+                 max_tokens: int | None = None, form: str | None = None, user: str | None = None) -> list[Answer]:
         """Many questions, mixed domains, one vLLM batch (each prompt with its own domain's adapter).
 
         items: (domain, question) pairs, or dicts with domain, question and optional rag, lora, k, filter,
-        options, form."""
+        options, form. `user` asks them all (not an item key: one caller, one set of visible documents)."""
         drafts = self._drafts(items, rag=rag, lora=lora, k=k, filter=filter, options=options, max_tokens=max_tokens,
-                              form=form)
+                              form=form, user=user)
         self._choose(drafts)
         self._quote(drafts)
         requests = [d.request for d in drafts if d.request is not None]
@@ -388,11 +408,11 @@ class Platform:
     def stream(self, domain: str, question: str, *, rag: bool = True, lora: bool = True, k: int | None = None,
                filter: dict | None = None, options: dict | None = None,
                max_tokens: int | None = None, form: str | None = None,
-               cancel: threading.Event | None = None) -> Iterator[str | Answer]:
+               cancel: threading.Event | None = None, user: str | None = None) -> Iterator[str | Answer]:
         """Yields text pieces as they are generated, then the final Answer (citations checked). Closing the
         iterator, or setting `cancel` from another thread, aborts the generation."""
-        yield from self._stream(self._prepare(domain, question, rag, lora, k, filter, options, max_tokens, form),
-                                cancel)
+        yield from self._stream(self._prepare(domain, question, rag, lora, k, filter, options, max_tokens, form,
+                                              user=user), cancel)
 
     def _stream(self, draft: _Draft, cancel: threading.Event | None) -> Iterator[str | Answer]:
         self._quote([draft])
@@ -425,13 +445,13 @@ class Platform:
     # ---- conversations -----------------------------------------------------------------------
     def chat(self, domain: str, messages: list[dict], *, rag: bool = True, lora: bool = True, k: int | None = None,
              filter: dict | None = None, options: dict | None = None, max_tokens: int | None = None,
-             form: str | None = None, condense: bool = True, **sampling) -> Answer:
+             form: str | None = None, condense: bool = True, user: str | None = None, **sampling) -> Answer:
         """One grounded turn of a conversation: OpenAI-style `messages` (system, user, assistant; the last one
         the user's), the rules of `assistant.conversation`. `sampling`: temperature, top_p, stop, seed,
         presence_penalty, frequency_penalty (`assistant.sampling`). The answer says how a follow-up was
         rewritten (`standalone_question`, `rewrite`)."""
         draft = self._chat_draft(domain, messages, rag, lora, k, filter, options, max_tokens, form, condense,
-                                 sampling)
+                                 sampling, user)
         self._choose([draft])
         self._quote([draft])
         if draft.request is None:
@@ -441,13 +461,14 @@ class Platform:
     def chat_stream(self, domain: str, messages: list[dict], *, rag: bool = True, lora: bool = True,
                     k: int | None = None, filter: dict | None = None, options: dict | None = None,
                     max_tokens: int | None = None, form: str | None = None, condense: bool = True,
-                    cancel: threading.Event | None = None, **sampling) -> Iterator[str | Answer]:
+                    cancel: threading.Event | None = None, user: str | None = None,
+                    **sampling) -> Iterator[str | Answer]:
         """`chat`, streamed: text pieces, then the final Answer (as `stream`)."""
         yield from self._stream(self._chat_draft(domain, messages, rag, lora, k, filter, options, max_tokens, form,
-                                                 condense, sampling), cancel)
+                                                 condense, sampling, user), cancel)
 
     def _chat_draft(self, domain, messages, rag, lora, k, filter, options, max_tokens, form, condense,
-                    sampling: dict) -> _Draft:
+                    sampling: dict, user: str | None = None) -> _Draft:
         conversation = parse_messages(messages, self.settings.max_question_chars)
         try:
             options_ok = Sampling.of(**sampling)
@@ -463,7 +484,7 @@ class Platform:
             standalone, how = accept_rewrite(conversation, rewrite.text)
         condense_ms = round((time.perf_counter() - started) * 1000, 1)
         draft = self._prepare(domain, conversation.question, rag, lora, k, filter, options, max_tokens, form,
-                              conversation=conversation, standalone=standalone, sampling=options_ok)
+                              conversation=conversation, standalone=standalone, sampling=options_ok, user=user)
         draft.answer.rewrite = how
         if how:
             draft.answer.timings["condense_ms"] = condense_ms

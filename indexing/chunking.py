@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .documents import SourceDocument
-from .store import point_id
+from .store import ORIGIN_FIELD, OWNER_FIELD, UPLOADED, point_id
 
 DEFAULT_CHUNK_SIZE = 128     # tokens: all-MiniLM-L6-v2 was trained on 128-token inputs (and truncates at 256);
                              # 128 retrieved as well as or better than 256 on all verticals (eval/reports/retrieval.md)
@@ -42,6 +42,10 @@ class Chunk:
                    "source": d.source, "doc_type": d.doc_type, "meta": d.meta}
         if d.date:
             payload["date"] = d.date
+        if d.owner:
+            payload[OWNER_FIELD] = d.owner
+        if d.uploaded:
+            payload[ORIGIN_FIELD] = UPLOADED
         return payload
 
 

@@ -29,6 +29,8 @@ class SourceDocument:
     doc_type: str             # "corpus", "pdf", "md", ...
     date: str | None = None   # ISO 8601, when known (file mtime for files)
     meta: dict = field(default_factory=dict)
+    owner: str | None = None  # a private upload's user (store.OWNER_FIELD); None: every user sees it
+    uploaded: bool = False    # added by a user (app / HTTP), not part of the domain package's corpus
 
 
 @dataclass

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import bm25
 from .chunking import DEFAULT_CHUNK_OVERLAP, DEFAULT_CHUNK_SIZE, Chunk, chunk_document
 from .documents import ReadError, ReadReport, SourceDocument, read_source
-from .store import ChunkRecord, Store, batched
+from .store import ORIGIN_FIELD, UPLOADED, ChunkRecord, Store, batched
 
 
 @dataclass
@@ -44,7 +44,8 @@ def ingest_documents(store: Store, collection: str, documents: list[SourceDocume
                      chunk_size: int = DEFAULT_CHUNK_SIZE, chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
                      with_title: bool = True, prune: bool = False, batch_size: int = 256, progress: bool = True,
                      errors: list[ReadError] | None = None) -> IngestReport:
-    """Bring `collection` in line with `documents`. prune=True also removes documents not in the list."""
+    """Bring `collection` in line with `documents`. prune=True also removes documents not in the list, except
+    those users uploaded (they go only when removed one by one: `delete_documents`)."""
     report = IngestReport(collection=collection, documents=len(documents),
                           errors=[str(e) for e in (errors or [])])
     t0 = time.perf_counter()
@@ -63,8 +64,11 @@ def ingest_documents(store: Store, collection: str, documents: list[SourceDocume
     t0 = time.perf_counter()
     store.ensure_collection(collection, embedder.dim)
     stored_by_doc: dict[str, set[str]] = defaultdict(set)
-    for pid, payload in store.scan(collection, ["doc_id"]):
+    uploaded: set[str] = set()  # documents users added: a prune (re-syncing the package's corpus) keeps them
+    for pid, payload in store.scan(collection, ["doc_id", ORIGIN_FIELD]):
         stored_by_doc[payload.get("doc_id", "")].add(pid)
+        if payload.get(ORIGIN_FIELD) == UPLOADED:
+            uploaded.add(payload.get("doc_id", ""))
     stored = set().union(*stored_by_doc.values()) if stored_by_doc else set()
     report.seconds["scan"] = time.perf_counter() - t0
 
@@ -76,7 +80,7 @@ def ingest_documents(store: Store, collection: str, documents: list[SourceDocume
     stale = [pid for doc_id, ids in stored_by_doc.items() if doc_id in wanted_by_doc
              for pid in ids - wanted_by_doc[doc_id]]
     gone_docs = [doc_id for doc_id in stored_by_doc
-                 if doc_id not in wanted_by_doc and doc_id not in failed] if prune else []
+                 if doc_id not in wanted_by_doc and doc_id not in failed and doc_id not in uploaded] if prune else []
     stale += [pid for doc_id in gone_docs for pid in stored_by_doc[doc_id]]
 
     embed_s = store_s = 0.0

@@ -49,8 +49,10 @@ class Retriever:
         self.reranker = reranker
 
     def retrieve(self, collection: str, query: str, k: int = 5, *, mode: str = "hybrid",
-                 filter: dict | None = None, rerank: bool = True, query_vector=None) -> list[Passage]:
-        """`query_vector`: the query's embedding when the caller already has it (saves one encode).
+                 filter: dict | None = None, rerank: bool = True, query_vector=None,
+                 viewer: str | None = None) -> list[Passage]:
+        """`query_vector`: the query's embedding when the caller already has it (saves one encode). `viewer`:
+        the user asking, who also sees their private documents (the store's rule, `store.filters`).
         Raises QueryError for unusable input, StoreError (FilterError, MissingIndexError, ...) from the store."""
         if not isinstance(query, str) or not query.strip():
             raise QueryError("empty query")
@@ -66,7 +68,7 @@ class Retriever:
         if mode in ("hybrid", "dense"):
             dense = query_vector if query_vector is not None else self.embedder.embed_query(query)
         sparse = bm25.query_vector(query) if mode in ("hybrid", "sparse") else None
-        hits = self.store.search(collection, dense=dense, sparse=sparse, k=fetch, filter=filter)
+        hits = self.store.search(collection, dense=dense, sparse=sparse, k=fetch, filter=filter, viewer=viewer)
         passages = [Passage(id=h.id, doc_id=h.payload.get("doc_id", ""), title=h.payload.get("title", ""),
                             text=h.payload.get("text", ""), score=h.score, payload=h.payload) for h in hits]
         # RRF often gives equal scores (rank i in one list + rank j in the other); break ties by id so the

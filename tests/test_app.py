@@ -39,7 +39,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def app(platform, tmp_path_factory):
-    from app import build_app, launch
+    from assistant.entrypoints.web import build_app, launch  # app.py's own names
 
     feedback = FeedbackLog(tmp_path_factory.mktemp("feedback"))
     demo = build_app(platform, feedback)

@@ -241,16 +241,20 @@ def test_one_process_per_data_dir_and_sigterm_leaves_no_engine_process(service_h
     log = tmp_path / "serve.log"
     with running(SERVE, env, log, "/health") as (server, _, children):
         assert any("VLLM" in p.name() or "VLLM" in " ".join(p.cmdline()) for p in children)
-        for second in (["ask", "manufacturing", "Which sensor detects rotor winding faults?"],
-                       ["serve", "--port", str(free_port()), "--domain", "manufacturing"]):
-            started = time.time()
-            other = subprocess.run([sys.executable, "-m", "assistant", *second], cwd=ROOT, env=env,
-                                   capture_output=True, text=True, timeout=120)
-            elapsed = time.time() - started
-            print(f"`assistant {second[0]}` on a held data directory failed in {elapsed:.1f} s")
-            assert other.returncode == 4, other.stderr[-2000:]
-            assert f'"pid": {server.pid}' in other.stderr and "serve" in other.stderr
-            assert "Traceback" not in other.stderr and elapsed < 20  # refused before any vLLM start (60+ s)
+        # a question is sent to the running service (tests/test_cli_service.py); a second service is refused
+        asked = subprocess.run([sys.executable, "-m", "assistant", "ask", "manufacturing",
+                                "Which sensor detects rotor winding faults?"], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert asked.returncode == 0 and "answered by the running service" in asked.stderr, asked.stderr[-2000:]
+        started = time.time()
+        other = subprocess.run([sys.executable, "-m", "assistant", "serve", "--port", str(free_port()),
+                                "--domain", "manufacturing"], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=120)
+        elapsed = time.time() - started
+        print(f"a second `assistant serve` on a held data directory failed in {elapsed:.1f} s")
+        assert other.returncode == 4, other.stderr[-2000:]
+        assert f'"pid": {server.pid}' in other.stderr and "serve" in other.stderr
+        assert "Traceback" not in other.stderr and elapsed < 20  # refused before any vLLM start (60+ s)
         server.send_signal(signal.SIGTERM)
         assert server.wait(timeout=60) == 0, log.read_text()[-3000:]
         assert_all_gone(children)

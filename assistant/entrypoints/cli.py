@@ -401,11 +401,13 @@ def export(domain, out, dtype):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (0.0.0.0 exposes it).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--domain", "domains", multiple=True, help="Serve only these domains (default: all).")
-def serve(host, port, domains):
-    """OpenAI-compatible HTTP API: /v1/chat/completions (model = domain), /v1/models, /health."""
+@click.option("--app/--no-app", default=True, show_default=True, help="Also serve the chat app at /.")
+def serve(host, port, domains, app):
+    """The service: the chat app at / and the OpenAI-compatible API (/v1/chat/completions with model = domain,
+    /v1/models, /v1/domains/{domain}/documents, /health) in one process, on one engine and one store."""
     from assistant.entrypoints.server import serve as run_server
 
-    run_server(host, port, list(domains) or None)
+    run_server(host, port, list(domains) or None, app=app)
 
 
 if __name__ == "__main__":

@@ -33,16 +33,20 @@ from assistant import (
     Answer,
     AuthenticationError,
     EngineWatchdog,
+    FeedbackLog,
     InputError,
     NotFoundError,
     Platform,
+    User,
     configure_environment,
     error_info,
     install_shutdown_rules,
     mapped_error_types,
     parse_messages,
     reap_children,
+    viewer,
 )
+from assistant.entrypoints.documents_api import add_document_routes, is_upload
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +132,9 @@ class Guard:
     Starlette's own last-resort handler answers a 500 in plain text and re-raises, and uvicorn then drops
     the keep-alive connection; here the error is answered and the connection stays usable."""
 
-    def __init__(self, app, max_body: int, key_ok):
+    def __init__(self, app, max_body: int, key_ok, max_upload_body: int | None = None):
         self.app, self.max_body, self.key_ok = app, max_body, key_ok
+        self.max_upload_body = max_upload_body or max_body  # uploads (POST .../documents) get their own limit
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -138,10 +143,11 @@ class Guard:
         if scope["path"] in PROTECTED_DOCS and not self.key_ok(headers.get("authorization")):
             return await _send(scope, receive, send, 401, "an API key is needed for the schema and docs",
                                "authentication_error", "invalid_api_key")
+        limit = self.max_upload_body if is_upload(scope) else self.max_body
         length = headers.get("content-length", "")
-        if length.isdigit() and int(length) > self.max_body:
+        if length.isdigit() and int(length) > limit:
             return await _send(scope, receive, send, 413,
-                               f"request body of {length} bytes; the limit is {self.max_body}",
+                               f"request body of {length} bytes; the limit is {limit}",
                                code="request_too_large")
         seen = 0
         started = too_large = False
@@ -151,7 +157,7 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > limit:
                     too_large = True
                     raise _BodyTooLargeError()
             return message
@@ -161,7 +167,7 @@ class Guard:
             if too_large:  # the framework turned our exception into its own 400: answer 413 instead, once
                 if message["type"] == "http.response.start" and not started:
                     started = True
-                    await _send(scope, receive, send, 413, f"request body over the limit of {self.max_body} bytes",
+                    await _send(scope, receive, send, 413, f"request body over the limit of {limit} bytes",
                                 code="request_too_large")
                 return
             started = started or message["type"] == "http.response.start"
@@ -171,7 +177,7 @@ class Guard:
             await self.app(scope, limited_receive, tracking_send)
         except _BodyTooLargeError:
             if not started:
-                await _send(scope, receive, send, 413, f"request body over the limit of {self.max_body} bytes",
+                await _send(scope, receive, send, 413, f"request body over the limit of {limit} bytes",
                             code="request_too_large")
         except Exception as exc:  # noqa: BLE001 - the last resort: answered as JSON, logged with its traceback
             logger.error("request failed: %s", exc, exc_info=exc)
@@ -211,6 +217,8 @@ def create_app(platform: Platform) -> FastAPI:
     app = FastAPI(title="Domain assistant", version="0.1.0")
     settings = platform.settings
     keys: dict = json.loads(settings.api_keys) if settings.api_keys else {}
+    users = platform.users  # which key is whom (assistant/users.py); keys are required once any is configured
+    named_keys = users.named_keys()
 
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, exc: RequestValidationError):
@@ -225,15 +233,21 @@ def create_app(platform: Platform) -> FastAPI:
 
     for handled in mapped_error_types():
         app.add_exception_handler(handled, lambda request, exc: error_response(exc))
-    every_key = {k for listed in keys.values() for k in listed}
-    app.add_middleware(Guard, max_body=settings.max_request_bytes,
-                       key_ok=lambda header: not keys or _token(header) in every_key)
+    app.add_middleware(Guard, max_body=settings.max_request_bytes, max_upload_body=settings.max_upload_request_bytes,
+                       key_ok=lambda header: not users.keys_required or caller(header) is not None)
+
+    def caller(authorization: str | None) -> User | None:
+        """The user a request acts as: None for a service without keys (the local user) or an unknown key."""
+        return users.key_user(_token(authorization)) if users.keys_required else None
 
     def opens(domain: str, authorization: str | None, admin: bool = False) -> bool:
-        if not keys:
+        """Admin keys open everything; a named user's keys every domain; a domain's keys that domain."""
+        if not users.keys_required:
             return True
-        allowed = set(keys.get("*", [])) | (set() if admin else set(keys.get(domain, [])))
-        return _token(authorization) in allowed
+        user, token = caller(authorization), _token(authorization)
+        if user is None or admin:
+            return user is not None and user.admin
+        return user.admin or token in named_keys or token in set(keys.get(domain, []))
 
     def authorize(domain: str, authorization: str | None, admin: bool = False):
         """A domain's keys or an admin ('*') key; admin=True: admin keys only. Checked before the domain is
@@ -263,7 +277,7 @@ def create_app(platform: Platform) -> FastAPI:
         alive = await run_in_threadpool(platform.engine.healthy)
         body = {"status": "ok" if alive else "unavailable", "engine": "alive" if alive else "dead",
                 "in_flight": platform.engine.in_flight, "domains_unavailable": len(platform.refused_adapters)}
-        if not keys:
+        if not users.keys_required:
             body["domains"] = sorted(platform.domains)
         return JSONResponse(status_code=200 if alive else 503, content=body)
 
@@ -271,7 +285,7 @@ def create_app(platform: Platform) -> FastAPI:
     def models(authorization: str | None = Header(default=None)):
         """The domains this key opens (every domain without API keys); 401 for a key that opens none."""
         listed = [d for d in platform.info() if opens(d["domain"], authorization)]
-        if keys and not listed:
+        if users.keys_required and not listed:
             raise AuthenticationError("missing or invalid API key")
         return {"object": "list", "data": [
             {"id": d["domain"], "object": "model", "created": 0, "owned_by": "domain-assistant",
@@ -294,7 +308,7 @@ def create_app(platform: Platform) -> FastAPI:
         max_tokens = validate(req)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         kwargs = dict(rag=req.rag, lora=req.lora, filter=req.filter, max_tokens=max_tokens, condense=req.condense,
-                      **req.sampling())
+                      user=viewer(caller(authorization)), **req.sampling())
         if not req.stream:
             answer = await run_in_threadpool(platform.chat, req.model, req.messages, **kwargs)
             return {"id": rid, "object": "chat.completion", "created": created, "model": req.model,
@@ -334,15 +348,18 @@ def create_app(platform: Platform) -> FastAPI:
         """The domain's passages for a query (what the model would be shown, without generating)."""
         authorize(domain, authorization)
         passages = await run_in_threadpool(platform.retrieve, domain, req.query, req.k, filter=req.filter,
-                                           mode=req.mode)
+                                           mode=req.mode, user=viewer(caller(authorization)))
         return {"domain": domain, "passages": [p.to_dict() for p in passages]}
 
+    add_document_routes(app, platform, caller, authorize)
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None = None) -> None:
-    """Run the API until SIGTERM/SIGINT (exit 0 after a clean stop) or until the engine dies (exit
-    EXIT_ENGINE_DEAD, for a supervisor to restart it). No engine process is left behind either way."""
+def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None = None, app: bool = True) -> None:
+    """Run the API, and the chat app at `/` (app=True), until SIGTERM/SIGINT (exit 0 after a clean stop) or
+    until the engine dies (exit EXIT_ENGINE_DEAD, for a supervisor to restart it). One process, one engine,
+    one store: the browser and the API see the same documents and adapters. No engine process is left
+    behind either way."""
     import signal
     import sys
 
@@ -356,7 +373,12 @@ def serve(host: str = "127.0.0.1", port: int = 8000, domains: list[str] | None =
     watchdog = None
     try:
         platform = Platform.load(domains)
-        server = uvicorn.Server(uvicorn.Config(create_app(platform), host=host, port=port, log_level="info",
+        api = create_app(platform)
+        if app:  # mounted last: the API's routes (/v1, /health, /docs) win over the app's catch-all
+            from assistant.entrypoints.web import mount
+
+            mount(api, platform, FeedbackLog(platform.settings.data_dir / "feedback"))
+        server = uvicorn.Server(uvicorn.Config(api, host=host, port=port, log_level="info",
                                                timeout_graceful_shutdown=10))
         watchdog = EngineWatchdog(platform.engine.healthy, lambda: setattr(server, "should_exit", True))
         watchdog.start()

@@ -16,8 +16,11 @@ from .base import (
     DATETIME_FIELDS,
     DENSE,
     KEYWORD_FIELDS,
+    ORIGIN_FIELD,
+    OWNER_FIELD,
     RRF_K,
     SPARSE,
+    UPLOADED,
     ChunkRecord,
     FilterError,
     Hit,
@@ -35,7 +38,8 @@ from .filters import parse_filter
 from .qdrant import QdrantStore
 
 __all__ = [
-    "DATETIME_FIELDS", "DENSE", "KEYWORD_FIELDS", "RRF_K", "SPARSE", "ChunkRecord", "EdgeStore", "FilterError",
+    "DATETIME_FIELDS", "DENSE", "KEYWORD_FIELDS", "ORIGIN_FIELD", "OWNER_FIELD", "RRF_K", "SPARSE", "UPLOADED",
+    "ChunkRecord", "EdgeStore", "FilterError",
     "Hit", "MissingIndexError", "QdrantStore", "Sparse", "Store", "StoreBusyError", "StoreError", "batched",
     "check_collection_name", "open_store", "parse_filter", "point_id",
 ]

@@ -16,7 +16,10 @@ import numpy as np
 
 DENSE = "dense"
 SPARSE = "bm25"
-KEYWORD_FIELDS = ("doc_id", "title", "source", "doc_type")
+OWNER_FIELD = "owner"  # set on a private document (its user); absent on the documents every user sees
+ORIGIN_FIELD = "origin"  # UPLOADED on documents users added; absent on a domain package's own corpus
+UPLOADED = "upload"
+KEYWORD_FIELDS = ("doc_id", "title", "source", "doc_type", OWNER_FIELD, ORIGIN_FIELD)
 DATETIME_FIELDS = ("date",)
 RRF_K = 60
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -111,9 +114,10 @@ class Store(ABC):
 
     @abstractmethod
     def search(self, name: str, *, dense: np.ndarray | None, sparse: Sparse | None, k: int,
-               filter: dict | None = None) -> list[Hit]:
+               filter: dict | None = None, viewer: str | None = None) -> list[Hit]:
         """Dense only, sparse only, or both fused with RRF inside Qdrant (query + prefetch); see `filters`
-        for the filter spec. Neither vector (or an empty sparse one): no hits."""
+        for the filter spec and the `viewer` rule (private documents). Neither vector (or an empty sparse
+        one): no hits."""
 
     def flush(self, name: str) -> None:  # noqa: B027 - an optional hook, a no-op unless overridden
         """Make writes so far durable (a no-op where the backend writes through)."""

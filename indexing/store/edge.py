@@ -19,15 +19,15 @@ from .base import (
     Store,
     check_collection_name,
 )
-from .filters import Condition, SearchPlan, plan_search, to_hits
+from .filters import SearchPlan, plan_search, to_hits
 from .lock import HolderLock
 
 
-def _filter(conditions: tuple[Condition, ...]):
+def _filter(plan: SearchPlan):
     import qdrant_edge as qe
 
     must = []
-    for c in conditions:
+    for c in plan.conditions:
         if c.kind == "eq":
             must.append(qe.FieldCondition(key=c.key, match=qe.MatchValue(c.value)))
         elif c.kind == "any":
@@ -35,13 +35,16 @@ def _filter(conditions: tuple[Condition, ...]):
         else:
             rng = qe.RangeDateTime(**c.value) if c.datetime else qe.RangeFloat(**c.value)
             must.append(qe.FieldCondition(key=c.key, range=rng))
-    return qe.Filter(must=must) if must else None
+    field, viewer = plan.hidden_owner  # someone else's: the owner is set and is not the viewer
+    others = [qe.IsEmptyCondition(key=field)] + ([qe.FieldCondition(key=field, match=qe.MatchValue(viewer))]
+                                                 if viewer else [])
+    return qe.Filter(must=must or None, must_not=[qe.Filter(must_not=others)])
 
 
 def _request(plan: SearchPlan):
     import qdrant_edge as qe
 
-    flt = _filter(plan.conditions)
+    flt = _filter(plan)
     queries = [qe.Query.Nearest(s.vector if s.using == DENSE
                                 else qe.SparseVector(indices=s.vector[0], values=s.vector[1]), using=s.using)
                for s in plan.stages]
@@ -167,8 +170,9 @@ class EdgeStore(Store):
             if offset is None:
                 break
 
-    def search(self, name: str, *, dense, sparse: Sparse | None, k: int, filter: dict | None = None) -> list[Hit]:
-        plan = plan_search(dense=dense, sparse=sparse, k=k, filter=filter)
+    def search(self, name: str, *, dense, sparse: Sparse | None, k: int, filter: dict | None = None,
+               viewer: str | None = None) -> list[Hit]:
+        plan = plan_search(dense=dense, sparse=sparse, k=k, filter=filter, viewer=viewer)
         if plan is None:
             return []
         return to_hits(self._shard(name).query(_request(plan)))

@@ -7,6 +7,11 @@ Filter spec: `{field: value | [values] | {"gte"|"gt"|"lte"|"lt": bound, ...}}`; 
 - [values]: strings or integers (one kind), any of them matches;
 - range: numbers, or ISO 8601 date-time strings on the datetime fields (`DATETIME_FIELDS`).
 Anything else raises `FilterError` (a `StoreError`) naming the field, before any backend sees it.
+
+Private collections: a document with an `owner` (`OWNER_FIELD`) is private to that user. Every search carries
+its `viewer` (None: nobody in particular) and sees the documents without an owner plus the viewer's own; each
+backend adds that rule to the query itself, ANDed with the caller's filter, so no filter spec (an `owner` or a
+`doc_id` condition included) can widen what a viewer sees.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import DATETIME_FIELDS, DENSE, SPARSE, FilterError, Hit, Sparse
+from .base import DATETIME_FIELDS, DENSE, OWNER_FIELD, SPARSE, FilterError, Hit, Sparse
 
 RANGE_OPS = ("gte", "gt", "lte", "lt")
 # The date-time forms both Qdrant clients parse (fromisoformat alone also takes e.g. "2024-W03").
@@ -46,6 +51,12 @@ class SearchPlan:
     stages: tuple[Stage, ...]
     conditions: tuple[Condition, ...]
     limit: int
+    viewer: str | None = None  # sees documents without an owner, and those whose owner is the viewer
+
+    @property
+    def hidden_owner(self) -> tuple[str, str | None]:
+        """(field, viewer): the backends exclude points whose `field` is set and differs from `viewer`."""
+        return OWNER_FIELD, self.viewer
 
     @property
     def fused(self) -> bool:
@@ -127,7 +138,7 @@ def parse_filter(spec: Mapping | None) -> tuple[Condition, ...]:
 
 
 def plan_search(*, dense: np.ndarray | None, sparse: Sparse | None, k: int,
-                filter: Mapping | None = None) -> SearchPlan | None:
+                filter: Mapping | None = None, viewer: str | None = None) -> SearchPlan | None:
     """The neutral query: the filter checked first, then the stages; None when there is nothing to search
     with (no dense vector and no sparse terms)."""
     conditions = parse_filter(filter)
@@ -138,7 +149,9 @@ def plan_search(*, dense: np.ndarray | None, sparse: Sparse | None, k: int,
         stages.append(Stage(SPARSE, (list(sparse[0]), list(sparse[1]))))
     if not stages:
         return None
-    return SearchPlan(tuple(stages), conditions, k)
+    if viewer is not None and (not isinstance(viewer, str) or not viewer):
+        raise FilterError(f"viewer must be a non-empty user name or None, got {_show(viewer)}")
+    return SearchPlan(tuple(stages), conditions, k, viewer)
 
 
 def to_hits(points) -> list[Hit]:

@@ -17,14 +17,14 @@ from .base import (
     StoreBusyError,
     check_collection_name,
 )
-from .filters import Condition, Stage, plan_search, to_hits
+from .filters import SearchPlan, Stage, plan_search, to_hits
 
 
-def _filter(conditions: tuple[Condition, ...]):
+def _filter(plan: SearchPlan):
     from qdrant_client import models as m
 
     must = []
-    for c in conditions:
+    for c in plan.conditions:
         if c.kind == "eq":
             must.append(m.FieldCondition(key=c.key, match=m.MatchValue(value=c.value)))
         elif c.kind == "any":
@@ -32,7 +32,10 @@ def _filter(conditions: tuple[Condition, ...]):
         else:
             rng = m.DatetimeRange(**c.value) if c.datetime else m.Range(**c.value)
             must.append(m.FieldCondition(key=c.key, range=rng))
-    return m.Filter(must=must) if must else None
+    field, viewer = plan.hidden_owner  # someone else's: the owner is set and is not the viewer
+    others = [m.IsEmptyCondition(is_empty=m.PayloadField(key=field))] + (
+        [m.FieldCondition(key=field, match=m.MatchValue(value=viewer))] if viewer else [])
+    return m.Filter(must=must or None, must_not=[m.Filter(must_not=others)])
 
 
 def _query(stage: Stage):
@@ -123,14 +126,15 @@ class QdrantStore(Store):
             if offset is None:
                 break
 
-    def search(self, name: str, *, dense, sparse: Sparse | None, k: int, filter: dict | None = None) -> list[Hit]:
+    def search(self, name: str, *, dense, sparse: Sparse | None, k: int, filter: dict | None = None,
+               viewer: str | None = None) -> list[Hit]:
         from qdrant_client import models as m
 
         self._require(name)
-        plan = plan_search(dense=dense, sparse=sparse, k=k, filter=filter)
+        plan = plan_search(dense=dense, sparse=sparse, k=k, filter=filter, viewer=viewer)
         if plan is None:
             return []
-        flt = _filter(plan.conditions)
+        flt = _filter(plan)
         if not plan.fused:
             stage = plan.stages[0]
             res = self.client.query_points(self._c(name), query=_query(stage), using=stage.using, limit=plan.limit,
