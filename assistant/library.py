@@ -17,6 +17,7 @@ Jobs live in memory: after a restart their results are gone, the indexed documen
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import shutil
 import threading
@@ -29,6 +30,7 @@ from assistant.domains import Domain, UnknownDomainError
 from assistant.errors import InputError, NotFoundError, PermissionDeniedError
 from assistant.users import User, is_admin
 
+logger = logging.getLogger(__name__)
 PUBLIC_SPACE = "_public"
 UPLOAD_PREFIX = "upload/"
 INGEST_BATCH = 32  # documents per ingest call: the job's progress moves at least this often
@@ -202,6 +204,7 @@ class DocumentLibrary:
                         shutil.move(path, target / path.name)  # kept: a later publish re-reads it
             job.status = "done"
         except Exception as exc:  # noqa: BLE001 - the worker must survive; the job says what went wrong
+            logger.exception("upload job %s (%s) failed", job.id, dom.name)
             job.status, job.error = "failed", f"{type(exc).__name__}: {str(exc)[:300]}"
             for result, _ in accepted:
                 if result.status == "queued":

@@ -106,7 +106,8 @@ def upload_until_searchable(http: httpx.Client, domain: str, files: list[tuple[s
     searchable = time.perf_counter() - t0
     found = any(h["doc_id"].startswith(expect_prefix) for h in hits)
     return {"files": len(files), "bytes": sum(len(d) for _, d in files), "status": job["status"],
-            "errors": job["errors"][:5], "chunks_added": job["added"], "request_s": round(sent, 2),
+            "error": job["error"], "errors": job["errors"][:5], "chunks_added": job["added"],
+            "request_s": round(sent, 2),
             "indexed_s": round(indexed, 2), "searchable_s": round(searchable, 2), "probe_found": found,
             "files_per_s": round(len(files) / indexed, 1), "chunks_per_s": round(job["added"] / indexed, 1)}
 
@@ -180,6 +181,7 @@ def main() -> None:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        shutil.copy(work / "serve.log", Path(tempfile.gettempdir()) / "ingest_upload.serve.log")  # a failure's trace
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

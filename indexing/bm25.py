@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import string
+import threading
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -34,14 +35,22 @@ def stopwords() -> frozenset[str]:
 
 
 _PUNCT = frozenset(string.punctuation)
-_stemmer = snowballstemmer.stemmer("english")
+# One Snowball stemmer per thread: a stemmer keeps its working word in the instance, so two threads sharing one
+# (a question's query vector while an upload is being indexed) corrupt each other's stems or raise IndexError.
+_local = threading.local()
+
+
+def _stemmer():
+    if not hasattr(_local, "stemmer"):
+        _local.stemmer = snowballstemmer.stemmer("english")
+    return _local.stemmer
 
 
 def stems(text: str) -> list[str]:
     stop = stopwords()
     words = [w for w in _SPLIT.split(text.lower()) if w and w not in _PUNCT and w not in stop
              and len(w) <= TOKEN_MAX_LENGTH]
-    return [s for s in _stemmer.stemWords(words) if s]
+    return [s for s in _stemmer().stemWords(words) if s]
 
 
 def token_id(stem: str) -> int:

@@ -292,3 +292,23 @@ def test_second_process_gets_a_clear_busy_error(tmp_path, embedder, small_corpus
     store.close()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout
     assert "BUSY" not in out  # released on close
+
+
+def test_bm25_stems_the_same_from_many_threads():
+    """A question's query vector is made while an upload is indexed in another thread (the service)."""
+    import concurrent.futures as cf
+    import sys
+
+    from indexing import bm25
+
+    texts = [f"Glaucoma damages the optic nerves; {i} running runners ran quickly through connected nodes"
+             for i in range(400)]
+    expected = [bm25.stems(t) for t in texts]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch inside a stemWord call, as they do under load
+    try:
+        with cf.ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(bm25.stems, texts * 4))
+    finally:
+        sys.setswitchinterval(switch)
+    assert got == expected * 4
