@@ -192,9 +192,9 @@ def test_stop_cancels_the_generation_and_keeps_the_partial_answer(page, platform
     expect(page.locator("#finance-stop")).to_be_enabled()
     expect(page.locator("#finance-ask")).to_be_disabled()
     page.wait_for_function("() => { const b = document.querySelectorAll('#finance-chat [data-testid=bot]');"
-                           " return b.length && b[b.length - 1].innerText.trim().split(/\\s+/).length >= 3; }",
+                           " return b.length && b[b.length - 1].innerText.trim().length > 0; }",
                            polling="raf")
-    page.locator("#finance-stop").click()
+    page.locator("#finance-stop").click(timeout=20_000)  # at the first streamed piece: the answer runs 128 tokens
     answer = bots(page, "finance").last
     expect(answer).to_contain_text("(stopped)")
     expect(page.locator("#finance-ask")).to_be_enabled()  # Send works again, Stop is off
