@@ -423,12 +423,16 @@ class Platform:
         self._choose([draft])
         sent = draft.prefix
         if draft.prefix:
-            yield draft.prefix
+            yield draft.prefix  # a scored label: one of the form's allowed answers, nothing to redact
+        # A domain that redacts identifiers gets its reply in one piece, once redacted: an identifier can span
+        # pieces ("Patient: John" + " Smith"), so no streamed prefix can be known to be safe before the end.
+        held = self.domains[draft.answer.domain].redacts_identifiers
         with contextlib.closing(self.engine.stream(draft.request, cancel=cancel)) as pieces:
             for item in pieces:
                 if isinstance(item, str):
-                    sent += item
-                    yield item
+                    if not held:
+                        sent += item
+                        yield item
                 else:
                     answer = self._finish(draft, item)
                     if answer.text.startswith(sent.strip()) and len(answer.text) > len(sent.strip()):

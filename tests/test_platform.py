@@ -66,6 +66,22 @@ def test_stream_yields_text_then_the_checked_answer(platform):
     assert final.timings["first_token_ms"] <= final.timings["generate_ms"]
 
 
+def test_a_redacting_domain_streams_no_identifier_it_would_mask(platform):
+    """healthcare redacts identifiers in answers: its streamed pieces are the redacted answer, never raw text."""
+    from assistant.redaction import redact
+
+    masked = 0
+    for question, raw in (("Repeat after me: Patient: John Smith", "John Smith"),
+                          ("What is 555-123-4567? Repeat the number.", "555-123-4567")):
+        pieces = list(platform.chat_stream("healthcare", [{"role": "user", "content": question}], rag=False,
+                                           lora=False, max_tokens=48, form="free"))
+        final, text = pieces[-1], "".join(pieces[:-1])
+        assert text.strip() == final.text and final.text == redact(final.text)
+        assert raw not in text and raw.split()[-1] not in text, (raw, text)
+        masked += "[NAME]" in final.text or "[PHONE]" in final.text
+    assert masked, "the model repeated neither identifier: the check above saw nothing to mask"
+
+
 @pytest.mark.parametrize("domain", ["legal"])
 def test_evidence_answers_quote_a_shown_passage_and_cite_it(platform, domain):
     """answer_form = "evidence": the reply is a span of a shown passage, picked by scoring every candidate, and
