@@ -23,6 +23,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -114,9 +115,10 @@ class DocumentLibrary:
 
     # ---- adding ----------------------------------------------------------------------------------
     def add(self, domain: str, files: list[tuple[str, bytes]], *, user: User | None = None,
-            public: bool = False) -> IngestJob:
+            public: bool = False, after: Callable[[], object] | None = None) -> IngestJob:
         """Queue an upload of (file name, content) pairs. Private to `user` unless `public` (admins only) or
-        there are no users at all. Per-file problems are results of the job, not errors of the call."""
+        there are no users at all. Per-file problems are results of the job, not errors of the call. `after`
+        runs in the worker once every file is indexed, before the job says done (publish: drop the private copy)."""
         from indexing.documents import SUPPORTED_SUFFIXES
 
         dom = self._domain(domain)
@@ -156,13 +158,14 @@ class DocumentLibrary:
         with self._lock:
             self._jobs[job.id] = job
         if accepted:
-            self._worker.submit(self._run, job, dom, accepted, staging)
+            self._worker.submit(self._run, job, dom, accepted, staging, after)
         else:
             job.status, job.finished = "done", time.time()
             shutil.rmtree(staging, ignore_errors=True)
         return job
 
-    def _run(self, job: IngestJob, dom: Domain, accepted: list[tuple[FileResult, Path]], staging: Path) -> None:
+    def _run(self, job: IngestJob, dom: Domain, accepted: list[tuple[FileResult, Path]], staging: Path,
+             after: Callable[[], object] | None = None) -> None:
         from assistant.building.indexer import ingest_into_domain
         from indexing.documents import read_file
         from indexing.store import batched
@@ -202,6 +205,8 @@ class DocumentLibrary:
                     if result.status == "queued":
                         result.status = "indexed"
                         shutil.move(path, target / path.name)  # kept: a later publish re-reads it
+            if after is not None and all(f.status == "indexed" for f in job.files):
+                after()
             job.status = "done"
         except Exception as exc:  # noqa: BLE001 - the worker must survive; the job says what went wrong
             logger.exception("upload job %s (%s) failed", job.id, dom.name)
@@ -251,15 +256,17 @@ class DocumentLibrary:
         return {"domain": dom.name, "documents": [u.to_dict() for u in uploads],
                 "corpus": {"documents": len(corpus), "chunks": sum(len(e["ids"]) for e in corpus)}}
 
-    def _find(self, domain: str, doc_id: str, user: User | None) -> tuple[Domain, dict]:
+    def _find(self, domain: str, doc_id: str, user: User | None) -> tuple[Domain, dict, dict[str, dict]]:
+        """The domain, the upload's entry and every document's (one scan), or 404 / 403."""
         dom = self._domain(domain)
-        entry = self._points(dom.name).get(doc_id)
+        docs = self._points(dom.name)
+        entry = docs.get(doc_id)
         if entry is None or not self._may_see(entry["owner"], user):  # someone else's: as if it did not exist
             raise NotFoundError(f"no document {doc_id!r} in domain {domain!r}")
         if not entry["uploaded"]:
             raise PermissionDeniedError(f"{doc_id!r} is part of the {dom.name} package's corpus; edit the package's "
                                         f"data and run `assistant index {dom.name}` to change it")
-        return dom, entry
+        return dom, entry, docs
 
     def _file_of(self, domain: str, doc_id: str) -> Path:
         space_and_name = doc_id.removeprefix(UPLOAD_PREFIX).split("#", 1)[0]
@@ -269,18 +276,18 @@ class DocumentLibrary:
         """Remove an upload: its owner or an admin (a public upload: an admin)."""
         from indexing.ingest import delete_documents
 
-        dom, entry = self._find(domain, doc_id, user)
+        dom, entry, docs = self._find(domain, doc_id, user)
         if not is_admin(user) and (entry["owner"] is None or user is None or entry["owner"] != user.name):
             raise PermissionDeniedError("only its owner or an admin can remove this document")
-        siblings = [d for d, e in self._points(dom.name).items() if d.split("#", 1)[0] == doc_id.split("#", 1)[0]]
+        siblings = [d for d in docs if d.split("#", 1)[0] == doc_id.split("#", 1)[0]]
         removed = delete_documents(self.store, dom.name, siblings)
         self._file_of(dom.name, doc_id).unlink(missing_ok=True)
         return {"doc_id": doc_id, "removed_chunks": removed}
 
     def publish(self, domain: str, doc_id: str, *, user: User | None = None) -> IngestJob:
         """Make a private upload visible to every user of the domain (admins only): re-indexed from its kept
-        file under the public space, then the private copy is removed."""
-        dom, entry = self._find(domain, doc_id, user)
+        file under the public space; the private copy is removed before the job says done."""
+        dom, entry, _ = self._find(domain, doc_id, user)
         if not is_admin(user):
             raise PermissionDeniedError("only an admin can publish a document to every user of a domain")
         if entry["owner"] is None:
@@ -288,11 +295,6 @@ class DocumentLibrary:
         path = self._file_of(dom.name, doc_id)
         if not path.is_file():
             raise NotFoundError(f"the uploaded file of {doc_id!r} is missing from {path.parent}; upload it again")
-        job = self.add(dom.name, [(path.name, path.read_bytes())], user=user, public=True)
-        self._worker.submit(self._drop_private, job, dom.name, doc_id, entry["owner"])
-        return job
-
-    def _drop_private(self, job: IngestJob, domain: str, doc_id: str, owner: str) -> None:
-        """After the public copy is indexed (the worker runs jobs in order): remove the private one."""
-        if job.status == "done" and all(f.status == "indexed" for f in job.files):
-            self.remove(domain, doc_id, user=User(owner, admin=True))
+        owner = User(entry["owner"], admin=True)
+        return self.add(dom.name, [(path.name, path.read_bytes())], user=user, public=True,
+                        after=lambda: self.remove(dom.name, doc_id, user=owner))

@@ -41,7 +41,7 @@ def add_document_routes(app: FastAPI, platform, caller, authorize) -> None:
     async def upload(domain: str, files: list[UploadFile] = File(...), public: bool = Form(False),
                      authorization: str | None = Header(default=None)):
         authorize(domain, authorization)
-        platform.domain(domain)  # unknown: 404 before the body is read into memory
+        platform.domain(domain)  # unknown: 404 before the files are read into memory
         contents = [(f.filename or "", await f.read()) for f in files]
         job = await run_in_threadpool(library.add, domain, contents, user=caller(authorization), public=public)
         return JSONResponse(status_code=202, content={"job": job.to_dict()})

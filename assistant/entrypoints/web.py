@@ -326,28 +326,26 @@ def build_app(platform, feedback: FeedbackLog) -> gr.Blocks:
             return "\n".join(lines), None, *listing(domain, request)
         return upload
 
+    def on_document(domain: str, doc_id, request, act):
+        """Run a library action on the picked document; its errors as the app's messages."""
+        if not doc_id:
+            raise gr.Error("Pick a document first.")
+        try:
+            return act(domain, doc_id, user=who(request))
+        except mapped_error_types() as exc:
+            raise gr.Error(error_info(exc).message) from exc
+
     def remove_fn(domain: str):
         def remove(doc_id, request: gr.Request):
-            if not doc_id:
-                raise gr.Error("Pick a document first.")
-            try:
-                removed = library.remove(domain, doc_id, user=who(request))
-            except mapped_error_types() as exc:
-                raise gr.Error(error_info(exc).message) from exc
+            removed = on_document(domain, doc_id, request, library.remove)
             return f"Removed `{doc_id}` ({removed['removed_chunks']} chunks).", *listing(domain, request)
         return remove
 
     def publish_fn(domain: str):
         def publish(doc_id, request: gr.Request):
-            if not doc_id:
-                raise gr.Error("Pick a document first.")
-            try:
-                job = library.publish(domain, doc_id, user=who(request))
-            except mapped_error_types() as exc:
-                raise gr.Error(error_info(exc).message) from exc
-            while job.status in ("queued", "running"):
+            job = on_document(domain, doc_id, request, library.publish)
+            while job.status in ("queued", "running"):  # done: public copy indexed, private one removed
                 time.sleep(UPLOAD_POLL_S)
-            time.sleep(UPLOAD_POLL_S)  # the private copy is removed right after the public one is indexed
             return f"Published `{doc_id}` to every user: {job.status}.", *listing(domain, request)
         return publish
 
