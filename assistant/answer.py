@@ -67,6 +67,7 @@ class Answer:
     abstained_by: str | None = None  # "gate": too little evidence retrieved; "model": the model said it cannot tell
     choice: dict | None = None       # choice questions: {"form", "label", "calibrated", "scores"}
     form: str | None = None          # how it was answered: "yes/no/maybe", "multiple_choice", "evidence" or "free"
+    form_reason: str | None = None   # why that form (assistant/question_form.py)
     standalone_question: str | None = None  # chat: the follow-up rewritten for retrieval (None: not a follow-up)
     rewrite: str | None = None       # chat: how it was rewritten, "model" or "concatenated" (the fallback)
     finish_reason: str | None = None  # "stop", or "length" when the reply was cut at max_tokens
@@ -75,7 +76,8 @@ class Answer:
     def meta(self) -> dict:
         """Everything about the answer but its text and citations (the API's `assistant` block)."""
         return {"adapter": self.adapter, "adapter_version": self.adapter_version, "abstained": self.abstained,
-                "abstained_by": self.abstained_by, "form": self.form, "choice": self.choice, "flags": list(self.flags),
+                "abstained_by": self.abstained_by, "form": self.form, "form_reason": self.form_reason,
+                "choice": self.choice, "flags": list(self.flags),
                 "evidence": self.evidence, "timings": dict(self.timings),
                 "standalone_question": self.standalone_question, "rewrite": self.rewrite,
                 "finish_reason": self.finish_reason, "usage": dict(self.usage) if self.usage else None}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from assistant.answer import check_question
 from assistant.errors import InputError
+from assistant.evidence import content_words
 
 ROLES = ("system", "user", "assistant")
 HISTORY_SHARE = 0.35      # at most this share of the prompt budget goes to earlier turns
@@ -104,11 +105,12 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 
 def accept_rewrite(conversation: Conversation, rewrite: str) -> tuple[str, str]:
     """(standalone question, how it was made): the model's rewrite when it is usable, else the two latest
-    user questions followed by the follow-up. Usable: one line, 3-60 words, keeping most of the follow-up's words."""
+    user questions followed by the follow-up. Usable: one line, 3-60 words, keeping most of the follow-up's
+    content words."""
     text = rewrite.strip().split("\n")[0].strip().strip('"').strip()
     text = re.sub(r"^(standalone question|question)\s*:\s*", "", text, flags=re.IGNORECASE)
-    follow = {w.lower() for w in _WORD.findall(conversation.question) if len(w) > 3}
-    kept = {w.lower() for w in _WORD.findall(text)}
+    follow = content_words(conversation.question)  # "What are its symptoms?" -> {"symptoms"}: must survive
+    kept = content_words(text)
     words = len(_WORD.findall(text))
     if 3 <= words <= 60 and (not follow or len(follow & kept) / len(follow) >= 0.5):
         return text, "model"

@@ -17,6 +17,7 @@ from pathlib import Path
 from assistant.config import Settings
 from assistant.data_format import PRIMARY_METRICS
 from assistant.errors import DomainError, UnknownDomainError
+from indexing.documents import open_jsonl
 
 __all__ = ["DataSource", "Domain", "DomainError", "UnknownDomainError", "domain_roots", "get_domain", "list_domains",
            "load_domain"]
@@ -50,6 +51,11 @@ class GenerationSpec:
     max_tokens: int = 128            # generated tokens per answer
     temperature: float = 0.0         # 0 = greedy
     answer_form: str = ""            # "": free text; "yes/no/maybe": picked by scoring; "evidence": a copied span
+    open_form: str = "same"          # the form of open questions ("What ...?", "How ...?"): "same" as answer_form,
+                                     # or another of the forms (assistant/question_form.py)
+    evidence_sentences: int = 1      # an evidence reply copies the picked sentence and up to N-1 after it (prose)
+    calculate: bool = False          # questions naming an operation (change, average, ...) over a retrieved table
+                                     # are computed by the platform (assistant/table_arithmetic.py)
 
 
 @dataclass(frozen=True)
@@ -136,12 +142,17 @@ class Domain:
     def evidence_threshold(self) -> float:
         return self.retrieval.evidence_threshold
 
-    def qa_rows(self, split: str | None = None) -> list[dict]:
+    def qa_rows(self, split: str | None = None, data: str | None = None) -> list[dict]:
+        """The questions of one split (None: all), of every data set or of the one named `data`; each row says
+        which data set it came from (`row["data"]`)."""
         rows = []
         for source in self.data:
+            if data is not None and source.name != data:
+                continue
             if source.qa and source.qa.is_file():
-                with open(source.qa, encoding="utf-8") as fh:
-                    rows.extend(r for r in map(json.loads, fh) if split is None or r.get("split") == split)
+                with open_jsonl(source.qa) as fh:
+                    rows.extend(r | {"data": source.name} for r in map(json.loads, fh)
+                                if split is None or r.get("split") == split)
         return rows
 
     def scope_filter(self, qa_row: dict) -> dict | None:
@@ -238,6 +249,9 @@ def read_spec(toml_path: Path) -> DomainSpec:
               (spec.generation.temperature >= 0, "generation", "temperature", ">= 0"),
               (spec.generation.answer_form in ANSWER_FORMS, "generation", "answer_form",
                " or ".join(f'"{f}"' for f in ANSWER_FORMS)),
+              (spec.generation.open_form in (*ANSWER_FORMS, "same"), "generation", "open_form",
+               '"same" or ' + " or ".join(f'"{f}"' for f in ANSWER_FORMS)),
+              (1 <= spec.generation.evidence_sentences <= 8, "generation", "evidence_sentences", "1 to 8"),
               (spec.eval.primary_metric in PRIMARY_METRICS, "eval", "primary_metric", f"one of {PRIMARY_METRICS}")]
     for ok, section, key, want in checks:
         if not ok:

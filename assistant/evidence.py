@@ -68,6 +68,11 @@ class Span:
     text: str
     n: int            # the passage [n] that holds it
     whole: bool       # the whole sentence (else a run of its clauses)
+    reply: str = ""   # what the answer copies: the text, or a whole sentence and those after it (prose answers)
+
+    @property
+    def copied(self) -> str:
+        return self.reply or self.text
 
 
 @dataclass(frozen=True)
@@ -76,29 +81,41 @@ class EvidenceForm:
     spans: tuple[Span, ...]
 
     @classmethod
-    def of(cls, question: str, passages: Sequence[Citation]) -> EvidenceForm | None:
-        """Candidates from the passages as shown to the model; None when no passage has a usable sentence."""
+    def of(cls, question: str, passages: Sequence[Citation], follow: int = 0) -> EvidenceForm | None:
+        """Candidates from the passages as shown to the model; None when no passage has a usable sentence.
+        `follow` > 0: a whole sentence's reply also copies up to that many sentences after it (prose answers)."""
         wanted = content_words(question)
-        ranked = []  # (-overlap, order, sentence, passage number)
+        ranked = []  # (-overlap, order, sentence, passage number, the sentences after it)
         for p in passages:
-            for sentence in sentences(p.text.removesuffix(" ...")):
-                ranked.append((-len(wanted & content_words(sentence)), len(ranked), sentence, p.n))
+            said = sentences(p.text.removesuffix(" ..."))
+            for i, sentence in enumerate(said):
+                ranked.append((-len(wanted & content_words(sentence)), len(ranked), sentence, p.n,
+                               tuple(said[i + 1:i + 1 + follow])))
         chosen = sorted(sorted(ranked)[:MAX_SENTENCES], key=lambda item: item[1])
         spans: dict[str, Span] = {}
-        for _, _, sentence, n in chosen:
+        for _, _, sentence, n, after in chosen:
             clauses = [c for c in _CLAUSE.split(sentence) if c.strip()]
             for start in range(len(clauses)):
                 for end in range(len(clauses), start, -1):
                     text = _tidy(" ".join(clauses[start:end]))
                     whole = start == 0 and end == len(clauses)
                     if _answers(text, wanted) and text not in spans and (whole or len(text.split()) <= MAX_SPAN_WORDS):
-                        spans[text] = Span(text, n, whole)
+                        reply = " ".join((text, *after)) if whole and after else ""
+                        spans[text] = Span(text, n, whole, reply)
         return cls(tuple(spans.values())) if spans else None
 
     def within(self, max_tokens: int, count_tokens: Callable[[str], int]) -> EvidenceForm | None:
-        """Only the spans shorter than `max_tokens` tokens (a reply's budget); None when none is."""
-        keep = tuple(s for s in self.spans if count_tokens(s.text) < max_tokens)
-        return EvidenceForm(keep) if keep else None
+        """Only the spans shorter than `max_tokens` tokens (a reply's budget); None when none is. A prose reply
+        that runs over keeps as many of its sentences as fit."""
+        keep = []
+        for span in self.spans:
+            if count_tokens(span.text) >= max_tokens:
+                continue
+            reply = span.reply
+            while reply and count_tokens(reply) >= max_tokens:
+                reply = " ".join(sentences(reply)[:-1]) if len(sentences(reply)) > 1 else ""
+            keep.append(Span(span.text, span.n, span.whole, reply if reply != span.text else ""))
+        return EvidenceForm(tuple(keep)) if keep else None
 
     def texts(self) -> list[str]:
         return [s.text for s in self.spans]

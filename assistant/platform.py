@@ -33,10 +33,12 @@ from assistant.errors import AdapterError, EngineUnavailableError, InputError
 from assistant.evidence import EVIDENCE_FORM, EvidenceForm, pick_span
 from assistant.library import DocumentLibrary
 from assistant.prompting import build_messages, parse_citations
+from assistant.question_form import FormDecision, decide_form
 from assistant.redaction import redact
 from assistant.sampling import Sampling
 from assistant.serving.adapters import Adapter
 from assistant.serving.engine import GenerationRequest, GenerationResult, ScoreRequest
+from assistant.table_arithmetic import CALCULATION_FORM, Calculation, calculate
 from assistant.users import Users
 
 logger = logging.getLogger(__name__)
@@ -245,17 +247,42 @@ class Platform:
             temperature=dom.generation.temperature if sampling.temperature is None else sampling.temperature,
             top_p=sampling.top_p, stop=list(sampling.stop), seed=sampling.seed,
             presence_penalty=sampling.presence_penalty, frequency_penalty=sampling.frequency_penalty)
-        wanted = form or (dom.generation.answer_form if not options else None)
-        choice = form_for(options, wanted)
-        copies = rag and choice is None and wanted == EVIDENCE_FORM
-        evidence = self._evidence_form(searched, shown, max_new) if copies else None
+        gen = dom.generation
+        decision = decide_form(question, options=options, requested=form, answer_form=gen.answer_form,
+                               open_form=None if gen.open_form == "same" else gen.open_form,
+                               calculates=gen.calculate)
+        if decision.form == CALCULATION_FORM:
+            calculation = calculate(searched, shown) if rag else None
+            if calculation is not None:
+                return self._calculated(_Draft(answer, None, rag), calculation, decision.why)
+            decision = FormDecision(gen.answer_form, f"{decision.why}; no shown table has the row and the columns "
+                                                     "it needs, so the domain's usual answer is written")
+        choice = form_for(options, decision.form)
+        copies = rag and choice is None and decision.form == EVIDENCE_FORM
+        evidence = self._evidence_form(searched, shown, max_new, gen.evidence_sentences - 1) if copies else None
         answer.form = str(choice.kind) if choice else EVIDENCE_FORM if evidence else "free"
+        answer.form_reason = decision.why
+        if decision.form == EVIDENCE_FORM and not evidence:
+            answer.form_reason += "; no shown passage had a sentence to copy, so the model writes the reply"
         return _Draft(answer, request, rag, choice, lambda o: messages_for(o)[0], evidence=evidence,
                       query_vector=vector)
 
-    def _evidence_form(self, question: str, shown: list[Citation], max_tokens: int) -> EvidenceForm | None:
+    @staticmethod
+    def _calculated(draft: _Draft, calculation: Calculation, why: str) -> _Draft:
+        """A calculation is the reply: the result, the expression over the cells, the table's citation."""
+        answer = draft.answer
+        answer.text = calculation.reply()
+        answer.citations = [answer.passages[calculation.n - 1]]
+        answer.form, answer.form_reason = CALCULATION_FORM, why
+        answer.choice = {"form": CALCULATION_FORM, "operation": calculation.operation,
+                         "expression": calculation.expression, "value": calculation.value,
+                         "scale": calculation.scale, "row": calculation.row, "columns": list(calculation.columns)}
+        return draft
+
+    def _evidence_form(self, question: str, shown: list[Citation], max_tokens: int,
+                       follow: int = 0) -> EvidenceForm | None:
         """The spans an evidence answer may copy: those that fit in the reply's token budget."""
-        form = EvidenceForm.of(question, shown)
+        form = EvidenceForm.of(question, shown, follow)
         return form.within(max_tokens, self._count_tokens) if form else None
 
     def _count_tokens(self, text: str) -> int:
@@ -327,7 +354,7 @@ class Platform:
             best, similarity = pick_span(d.query_vector, vectors[offset:offset + count])
             offset += count
             span, answer = d.evidence.spans[best], d.answer
-            answer.text = f"{span.text} [{span.n}]"
+            answer.text = f"{span.copied} [{span.n}]"
             answer.citations = [answer.passages[span.n - 1]]
             answer.choice = {"form": EVIDENCE_FORM, "candidates": count, "picked": best,
                              "whole_sentence": span.whole, "similarity": round(similarity, 4)}
@@ -389,8 +416,11 @@ class Platform:
 
         items: (domain, question) pairs, or dicts with domain, question and optional rag, lora, k, filter,
         options, form. `user` asks them all (not an item key: one caller, one set of visible documents)."""
-        drafts = self._drafts(items, rag=rag, lora=lora, k=k, filter=filter, options=options, max_tokens=max_tokens,
-                              form=form, user=user)
+        return self._answer(self._drafts(items, rag=rag, lora=lora, k=k, filter=filter, options=options,
+                                         max_tokens=max_tokens, form=form, user=user))
+
+    def _answer(self, drafts: list[_Draft]) -> list[Answer]:
+        """Finish drafts: choice labels scored, evidence spans picked, the rest generated as one batch."""
         self._choose(drafts)
         self._quote(drafts)
         requests = [d.request for d in drafts if d.request is not None]
@@ -454,13 +484,15 @@ class Platform:
         the user's), the rules of `assistant.conversation`. `sampling`: temperature, top_p, stop, seed,
         presence_penalty, frequency_penalty (`assistant.sampling`). The answer says how a follow-up was
         rewritten (`standalone_question`, `rewrite`)."""
-        draft = self._chat_draft(domain, messages, rag, lora, k, filter, options, max_tokens, form, condense,
-                                 sampling, user)
-        self._choose([draft])
-        self._quote([draft])
-        if draft.request is None:
-            return self._without_generation(draft.answer)
-        return self._finish(draft, self.engine.generate([draft.request])[0])
+        return self.chat_many([{"domain": domain, "messages": messages, "rag": rag, "lora": lora, "k": k,
+                                "filter": filter, "options": options, "max_tokens": max_tokens, "form": form,
+                                "condense": condense, "sampling": sampling}], user=user)[0]
+
+    def chat_many(self, items: list[dict], *, user: str | None = None) -> list[Answer]:
+        """Many conversation turns, mixed domains: the follow-ups' rewrites go to the engine as one batch, then
+        the answers as another. items: dicts with domain and messages, and optionally rag, lora, k, filter,
+        options, max_tokens, form, condense and sampling (a dict, as `chat`'s keywords)."""
+        return self._answer(self._chat_drafts(items, user))
 
     def chat_stream(self, domain: str, messages: list[dict], *, rag: bool = True, lora: bool = True,
                     k: int | None = None, filter: dict | None = None, options: dict | None = None,
@@ -468,31 +500,41 @@ class Platform:
                     cancel: threading.Event | None = None, user: str | None = None,
                     **sampling) -> Iterator[str | Answer]:
         """`chat`, streamed: text pieces, then the final Answer (as `stream`)."""
-        yield from self._stream(self._chat_draft(domain, messages, rag, lora, k, filter, options, max_tokens, form,
-                                                 condense, sampling, user), cancel)
+        [draft] = self._chat_drafts([{"domain": domain, "messages": messages, "rag": rag, "lora": lora, "k": k,
+                                      "filter": filter, "options": options, "max_tokens": max_tokens, "form": form,
+                                      "condense": condense, "sampling": sampling}], user)
+        yield from self._stream(draft, cancel)
 
-    def _chat_draft(self, domain, messages, rag, lora, k, filter, options, max_tokens, form, condense,
-                    sampling: dict, user: str | None = None) -> _Draft:
-        conversation = parse_messages(messages, self.settings.max_question_chars)
-        try:
-            options_ok = Sampling.of(**sampling)
-        except TypeError as exc:  # an unknown keyword
-            raise InputError(f"unknown chat option: {exc}") from None
-        self.domain(domain)  # unknown: 404 before any model work
+    def _chat_drafts(self, items: list[dict], user: str | None = None) -> list[_Draft]:
+        parsed = []
+        for item in items:
+            conversation = parse_messages(item.get("messages"), self.settings.max_question_chars)
+            try:
+                sampling = Sampling.of(**(item.get("sampling") or {}))
+            except TypeError as exc:  # an unknown keyword
+                raise InputError(f"unknown chat option: {exc}") from None
+            self.domain(item["domain"])  # unknown: 404 before any model work
+            rag = item.get("rag", True)
+            parsed.append((item, conversation, sampling,
+                           rag and item.get("condense", True) and conversation.is_follow_up))
         started = time.perf_counter()
-        standalone, how = None, None
-        if rag and condense and conversation.is_follow_up:
-            rewrite = self.engine.generate([GenerationRequest(
-                messages=condense_messages(conversation), adapter=None, max_tokens=CONDENSE_MAX_TOKENS,
-                temperature=0.0, stop=["\n"])])[0]
-            standalone, how = accept_rewrite(conversation, rewrite.text)
+        todo = [conversation for _, conversation, _, rewrites in parsed if rewrites]
+        rewrites = iter(self.engine.generate([GenerationRequest(
+            messages=condense_messages(c), adapter=None, max_tokens=CONDENSE_MAX_TOKENS, temperature=0.0,
+            stop=["\n"]) for c in todo]) if todo else ())
         condense_ms = round((time.perf_counter() - started) * 1000, 1)
-        draft = self._prepare(domain, conversation.question, rag, lora, k, filter, options, max_tokens, form,
-                              conversation=conversation, standalone=standalone, sampling=options_ok, user=user)
-        draft.answer.rewrite = how
-        if how:
-            draft.answer.timings["condense_ms"] = condense_ms
-        return draft
+        drafts = []
+        for item, conversation, sampling, rewritten in parsed:
+            standalone, how = accept_rewrite(conversation, next(rewrites).text) if rewritten else (None, None)
+            draft = self._prepare(item["domain"], conversation.question, item.get("rag", True), item.get("lora", True),
+                                  item.get("k"), item.get("filter"), item.get("options"), item.get("max_tokens"),
+                                  item.get("form"), conversation=conversation, standalone=standalone,
+                                  sampling=sampling, user=user)
+            draft.answer.rewrite = how
+            if how:
+                draft.answer.timings["condense_ms"] = condense_ms
+            drafts.append(draft)
+        return drafts
 
     def reload_adapter(self, domain: str, path=None):
         """Serve an adapter version (a directory, or the domain's own adapter/) from the next request on,

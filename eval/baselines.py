@@ -49,12 +49,12 @@ def best_sentence(question: str, passages: list[str]) -> str:
     return best
 
 
-def baseline_scores(platform, domain, rows: list[dict], metric: str) -> dict[str, dict]:
+def baseline_scores(platform, domain, rows: list[dict], metric: str, data: str | None = None) -> dict[str, dict]:
     """{baseline name: {"per_question": [...], metric: mean, "ci95": [low, high]}} for the applicable ones."""
     out: dict[str, list[float]] = {}
     choice_rows = [r for r in rows if r.get("answer_type") in CHOICE_TYPES]
     if choice_rows and len(choice_rows) == len(rows):
-        train_majority = majority_label(domain.qa_rows("train"))
+        train_majority = majority_label(domain.qa_rows("train", data))
         test_majority = majority_label(rows)
         if train_majority:
             out[f"majority (train: {train_majority})"] = [

@@ -113,7 +113,7 @@ def markdown(result: dict, command: str) -> str:
 
 def write_report(result: dict, out_dir: Path, command: str) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / result["domain"]
+    stem = out_dir / result.get("report_name", result["domain"])
     result = result | {"command": command}
     paths = {"json": stem.with_suffix(".json"), "md": stem.with_suffix(".md"), "png": stem.with_suffix(".png")}
     paths["json"].write_text(json.dumps(result, indent=2) + "\n")

@@ -113,11 +113,11 @@ def pii(platform, domain) -> dict:
     return {"n": len(answers), "record_shown": shown, "no_leak_rate": _rate([not ids for ids in said]), "leaks": leaks}
 
 
-def run_risk_suites(platform, domain, *, split: str = "test", seed: int = 0) -> dict:
+def run_risk_suites(platform, domain, *, split: str = "test", seed: int = 0, data: str | None = None) -> dict:
     from .runner import sample_rows
 
     _remove_plants(platform, domain)
-    rows = sample_rows(domain, split, 50, seed + 1)
+    rows = sample_rows(domain, split, 50, seed + 1, data)
     out = {"out_of_domain": out_of_domain(platform, domain), "unanswerable": unanswerable(platform, domain, rows),
            "injection": injection(platform, domain, rows)}
     if domain.eval.pii_suite:

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from assistant.answer import CONDITIONS
 from assistant.choices import read_calibration
-from assistant.data_format import AnswerType
+from assistant.data_format import AnswerType, primary_metric_for
+from assistant.errors import InputError
 
 from .answer_metrics import CHOICE_TYPES, NUMERIC_TYPES, SPAN_TYPES, TEXT_TYPES, score_answer
 from .retrieval_metrics import mean_scores, score_query
@@ -30,15 +31,33 @@ ANSWERING_VERSION = "chat-cited-choices-4"  # bump when the answer pipeline chan
 RETRIEVAL_FETCH = 30  # chunks, so that 10 distinct documents are usually there
 
 
-def primary_metric(domain) -> str:
-    return domain.eval.primary_metric
+def primary_metric(domain, data: str | None = None) -> str:
+    """domain.toml's metric for the domain's first data set; another data set's follows its answer types
+    (accuracy for choices, token F1 otherwise)."""
+    if data is None or not domain.data or data == domain.data[0].name:
+        return domain.eval.primary_metric
+    return primary_metric_for(r.get("answer_type") for r in domain.qa_rows(None, data))
 
 
-def sample_rows(domain, split: str, limit: int | None, seed: int = 0) -> list[dict]:
+def data_set(domain, data: str | None) -> str | None:
+    """Which data set an eval scores: the one named, else the first of a domain that has several (each data set
+    is compared on its own, in its own metric); None for a one-set domain (every row)."""
+    names = [d.name for d in domain.data]
+    if data is not None and data not in names:
+        raise InputError(f"domain {domain.name} has no data set {data!r}; it has {', '.join(names)}")
+    return data or (names[0] if len(names) > 1 else None)
+
+
+def report_name(domain, data: str | None) -> str:
+    """`healthcare` for the first data set's report, `healthcare-medquad` for another's."""
+    return domain.name if data is None or data == domain.data[0].name else f"{domain.name}-{data}"
+
+
+def sample_rows(domain, split: str, limit: int | None, seed: int = 0, data: str | None = None) -> list[dict]:
     """The split's questions; with a limit, a seeded random sample (not the first N, which cluster by source)."""
-    rows = [r for r in domain.qa_rows(split) if str(r.get("question", "")).strip()]
+    rows = [r for r in domain.qa_rows(split, data) if str(r.get("question", "")).strip()]
     if not rows:
-        raise ValueError(f"domain {domain.name} has no {split!r} questions")
+        raise ValueError(f"domain {domain.name} has no {split!r} questions" + (f" in {data}" if data else ""))
     rows.sort(key=lambda r: hashlib.sha256(f"{seed}:{r['qid']}".encode()).hexdigest())
     return rows[:limit] if limit else rows
 
@@ -133,7 +152,7 @@ def _metric_names(rows) -> list[str]:
     return names
 
 
-def summarise(domain, rows, cache: AnswerCache, conditions) -> tuple[dict, dict]:
+def summarise(domain, rows, cache: AnswerCache, conditions, metric: str | None = None) -> tuple[dict, dict]:
     """Per condition: each metric's mean with its 95% CI, groundedness and abstain rate; plus per-question
     primary scores (for the paired test)."""
     names = _metric_names(rows)
@@ -162,17 +181,16 @@ def summarise(domain, rows, cache: AnswerCache, conditions) -> tuple[dict, dict]
                                                      for m in sorted({m for s in v for m in s})}
                                    for k, v in sorted(by_type.items())}
         out[cond] = entry
-        metric = primary_metric(domain)
-        per_question[cond] = [s.get(metric, 0.0) for _, _, s in scored]
+        per_question[cond] = [s.get(metric or primary_metric(domain), 0.0) for _, _, s in scored]
     return out, per_question
 
 
 def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int | None = None,
                 conditions: list[str] | None = None, batch_size: int = 64, progress: bool = True,
                 cache_dir: Path | None = None, risk: bool = True, retrieval: bool = True, seed: int = 0,
-                baselines: bool = True) -> dict:
-    """The DESIGN.md eval contract for one domain (plus CIs, the paired tests, the trivial baselines and the
-    risk suites)."""
+                baselines: bool = True, data: str | None = None) -> dict:
+    """The DESIGN.md eval contract for one domain's data set (`data_set`), plus CIs, the paired tests, the trivial
+    baselines and the risk suites."""
     from .baselines import baseline_scores, strongest
     from .risk_suites import run_risk_suites
 
@@ -182,19 +200,21 @@ def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int |
     if unknown:
         raise ValueError(f"unknown condition(s) {sorted(unknown)}; choose from {list(CONDITIONS)}")
     limit_q = platform.settings.max_question_chars
-    rows = [r for r in sample_rows(domain, split, limit, seed) if len(r["question"]) <= limit_q]
+    data = data_set(domain, data)
+    metric = primary_metric(domain, data)
+    rows = [r for r in sample_rows(domain, split, limit, seed, data) if len(r["question"]) <= limit_q]
     cache_dir = cache_dir or platform.settings.data_dir / "eval"
     cache = AnswerCache(cache_dir / domain.name / f"{split}-{fingerprint(platform, domain)}.jsonl")
     started = time.perf_counter()
     generate(platform, domain, rows, conditions, cache, batch_size, progress)
-    answers, per_question = summarise(domain, rows, cache, conditions)
+    answers, per_question = summarise(domain, rows, cache, conditions, metric)
     adapter = platform.adapter_for(domain.name)
     result = {
-        "domain": domain.name, "split": split, "n": len(rows),
-        "n_split": len(domain.qa_rows(split)), "limit": limit, "sample_seed": seed,
+        "domain": domain.name, "data": data, "report_name": report_name(domain, data), "split": split,
+        "n": len(rows), "n_split": len(domain.qa_rows(split, data)), "limit": limit, "sample_seed": seed,
         "model": str(platform.settings.base_model or "SmolLM2-135M-Instruct (default)"),
         "adapter": adapter.served_name if adapter else None,
-        "primary_metric": primary_metric(domain),
+        "primary_metric": metric,
         "retrieval": retrieval_scores(platform, domain, rows) if retrieval else {},
         "answers": answers,
     }
@@ -203,15 +223,14 @@ def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int |
         if "rag" in per_question:
             result["comparison"]["rag+lora_vs_rag"] = paired_comparison(per_question["rag+lora"], per_question["rag"])
     if baselines:
-        metric = primary_metric(domain)
-        scored = baseline_scores(platform, domain, rows, metric)
+        scored = baseline_scores(platform, domain, rows, metric, data)
         result["baselines"] = {name: {k: v for k, v in b.items() if k != "per_question"} for name, b in scored.items()}
         best = strongest(scored, metric)
         if best and "rag+lora" in per_question:
             comparison = paired_comparison(per_question["rag+lora"], best[1]["per_question"])
             result.setdefault("comparison", {})["rag+lora_vs_best_baseline"] = comparison | {"baseline": best[0]}
     if risk:
-        result["risk"] = run_risk_suites(platform, domain, split=split, seed=seed)
+        result["risk"] = run_risk_suites(platform, domain, split=split, seed=seed, data=data)
     result["seconds"] = round(time.perf_counter() - started, 1)
     result["cache"] = str(cache.path)
     return result

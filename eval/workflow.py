@@ -25,16 +25,17 @@ def evaluate(names: list[str], settings: Settings | None = None, *, split: str =
              conditions: list[str] | None = None, adapter_path: str | Path | None = None,
              report_dir: str | Path | None = None, write_reports: bool = True, risk: bool = True,
              batch_size: int = 64, seed: int = 0, command: str | None = None, platform: Platform | None = None,
-             progress=print) -> list[dict]:
-    """Score each named domain (or ["all"]) as base / +RAG / +LoRA / +RAG+LoRA; one result dict per domain."""
+             progress=print, data: str | None = None) -> list[dict]:
+    """Score each named domain (or ["all"]) as base / +RAG / +LoRA / +RAG+LoRA; one result dict per domain.
+    `data`: which of a domain's data sets (default: its first; each has its own report and metric)."""
     settings = settings or (platform.settings if platform else Settings.load())
     conditions = conditions or list(CONDITIONS)
     bad = [c for c in conditions if c not in CONDITIONS]
     if bad:
         raise InputError(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}")
     names = list_domains(settings) if names == ["all"] else [get_domain(n, settings).name for n in names]
-    if adapter_path and len(names) != 1:
-        raise InputError("--adapter needs one domain, not all")
+    if (adapter_path or data) and len(names) != 1:
+        raise InputError(f"{'--adapter' if adapter_path else '--data'} needs one domain, not all")
     owned = platform is None
     platform = platform or Platform.load(names, settings)
     command = command or f"assistant eval {' '.join(names)}"
@@ -44,7 +45,7 @@ def evaluate(names: list[str], settings: Settings | None = None, *, split: str =
             platform.reload_adapter(names[0], adapter_path)
         for name in names:
             result = eval_domain(platform, name, split=split, limit=limit, conditions=conditions,
-                                 batch_size=batch_size, risk=risk, seed=seed)
+                                 batch_size=batch_size, risk=risk, seed=seed, data=data)
             result["adapter_path"] = str(Path(adapter_path).resolve()) if adapter_path else None
             result["summary"] = summary_line(result)
             report_md = None
@@ -52,7 +53,8 @@ def evaluate(names: list[str], settings: Settings | None = None, *, split: str =
                 report_md = write_report(result, Path(report_dir) if report_dir else DEFAULT_REPORT_DIR, command)["md"]
                 progress(f"{name}: report {report_md}")
             scored_split = split == "test" or not platform.domain(name).qa_rows("test")  # no test split: dev
-            if not adapter_path and scored_split and "rag+lora" in conditions:
+            first_set = result["report_name"] == name  # the manifest keeps the first data set's scores
+            if not adapter_path and scored_split and first_set and "rag+lora" in conditions:
                 record_in_manifest(platform.domain(name), result, report_md)
             results.append(result)
     finally:

@@ -8,6 +8,7 @@ becomes an entry in `ReadReport.errors` and the rest are still read.
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,13 +62,21 @@ def _corpus_line(obj, where: str, source: str) -> SourceDocument:
                           doc_type=str(meta.get("doc_type") or "corpus"), date=meta.get("date"), meta=meta)
 
 
+def open_jsonl(path: str | Path):
+    """A data file for reading as text: `.jsonl`, or `.jsonl.gz` (how a package ships a big corpus compactly)."""
+    path = Path(path)
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
+    return open(path, encoding="utf-8", errors="strict")
+
+
 def read_corpus_jsonl(path: str | Path, source: str | None = None) -> ReadReport:
-    """The shared data schema: one {"doc_id", "title", "text", "meta"} object a line."""
+    """The shared data schema: one {"doc_id", "title", "text", "meta"} object a line (`.jsonl` or `.jsonl.gz`)."""
     path = Path(path)
     report = ReadReport()
     source = source or path.parent.name
     seen: set[str] = set()
-    with open(path, encoding="utf-8", errors="strict") as fh:
+    with open_jsonl(path) as fh:
         try:
             for n, line in enumerate(fh, 1):
                 if not line.strip():
@@ -85,6 +94,8 @@ def read_corpus_jsonl(path: str | Path, source: str | None = None) -> ReadReport
                 report.documents.append(doc)
         except UnicodeDecodeError as exc:
             report.errors.append(ReadError(str(path), f"not UTF-8 ({exc.reason} at byte {exc.start})"))
+        except (OSError, EOFError) as exc:  # a corrupt or truncated .jsonl.gz
+            report.errors.append(ReadError(str(path), f"cannot be read: {exc}"))
     return report
 
 

@@ -58,3 +58,20 @@ def test_pick_is_the_closest_span():
 
 def test_content_words_drop_stop_words_and_case():
     assert content_words("What DATA do you share with Advertisers?") == {"data", "share", "advertisers"}
+
+
+GLAUCOMA = ("At first, open-angle glaucoma has no symptoms. It causes no pain. Vision seems normal. "
+            "Without treatment, people with glaucoma will slowly lose their peripheral, or side vision.")
+
+
+def test_a_prose_reply_copies_the_sentences_after_the_picked_one_within_the_budget():
+    form = EvidenceForm.of("What are the symptoms of glaucoma?", [passage(1, GLAUCOMA)], follow=2)
+    first = next(s for s in form.spans if s.text == "At first, open-angle glaucoma has no symptoms.")
+    assert first.copied == "At first, open-angle glaucoma has no symptoms. It causes no pain. Vision seems normal."
+    clause = next(s for s in form.spans if not s.whole)
+    assert clause.copied == clause.text  # a clause run is copied alone
+    short = form.within(14, lambda text: len(text.split()))  # 13 words fit: the last sentence is dropped
+    assert next(s for s in short.spans if s.text == first.text).copied == \
+        "At first, open-angle glaucoma has no symptoms. It causes no pain."
+    assert EvidenceForm.of("What are the symptoms of glaucoma?", [passage(1, GLAUCOMA)]).spans[0].copied == \
+        "At first, open-angle glaucoma has no symptoms."  # follow=0: one sentence, as before

@@ -351,8 +351,10 @@ def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epoc
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1),
               help="Answers per engine batch.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Sample seed.")
+@click.option("--data", "data_set", default=None, metavar="NAME",
+              help="Which of the domain's data sets ([[data]] name; default: the first). Each has its own report.")
 def eval_command(domain, split, limit, json_out, conditions, adapter_path, report_dir, no_report, no_risk,
-                 batch_size, seed):
+                 batch_size, seed, data_set):
     """Score DOMAIN (or all) as base / +RAG / +LoRA / +RAG+LoRA, with CIs, risk suites and a report (resumable)."""
     from pathlib import Path
 
@@ -368,7 +370,7 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
     results = load_evaluator()([domain], Settings.load(), split=split, limit=limit, conditions=chosen,
                                adapter_path=adapter_path, report_dir=report_dir, write_reports=not no_report,
                                risk=not no_risk, batch_size=batch_size, seed=seed, command=command,
-                               progress=echo_err)
+                               progress=echo_err, data=data_set)
     for result in results:
         click.echo(result["summary"])
     if json_out:
