@@ -137,7 +137,9 @@ def _scale_of(table_text: str, passages: Sequence[Citation], cells: Sequence[str
     return ""
 
 
-def _best_row(table: Table, question_words: set[str], wanted_columns: list[int]) -> tuple[str, tuple[str, ...]] | None:
+def _best_row(table: Table, question_words: set[str],
+              wanted_columns: list[int]) -> tuple[tuple, str, tuple[str, ...]] | None:
+    """(how well it matches, label, cells) of the row sharing the most words with the question."""
     best, best_key = None, (0, 0.0)
     for label, cells in table.rows:
         if any(cell_value(cells[i]) is None for i in wanted_columns if i < len(cells)):
@@ -146,7 +148,7 @@ def _best_row(table: Table, question_words: set[str], wanted_columns: list[int])
         shared = len(words & question_words)
         key = (shared, shared / len(words) if words else 0.0)
         if shared and key > best_key:
-            best, best_key = (label, cells), key
+            best, best_key = (key, label, cells), key
     return best
 
 
@@ -184,11 +186,13 @@ def _year_of(label: str) -> int:
 
 
 def calculate(question: str, passages: Sequence[Citation]) -> Calculation | None:
-    """The calculation a question asks for over the first shown table that has its row and columns."""
+    """The calculation a question asks for, over the shown table whose row matches the question best (the earlier
+    passage on a tie)."""
     operation = operation_of(question)
     if operation is None:
         return None
     words = content_words(question) - _OP_WORDS - set(_YEAR.findall(question))
+    best, best_key = None, None
     for p in passages:
         table = Table.parse(p.text)
         if table is None:
@@ -199,8 +203,8 @@ def calculate(question: str, passages: Sequence[Citation]) -> Calculation | None
         found = _best_row(table, words, columns)
         if found is None:
             continue
-        label, cells = found
-        if any(i >= len(cells) for i in columns):
+        key, label, cells = found
+        if any(i >= len(cells) for i in columns) or (best_key is not None and key <= best_key):
             continue
         if operation in ("change", "percentage_change"):
             # later minus earlier (TAT-QA's derivations); tables list the latest year first when none is named
@@ -216,10 +220,11 @@ def calculate(question: str, passages: Sequence[Citation]) -> Calculation | None
             value = evaluate(expression.replace(",", ""))
         except (ValueError, ZeroDivisionError, SyntaxError):
             continue
-        return Calculation(operation, expression, value, _scale_of(p.text, passages, [cells[i] for i in columns],
-                                                                    operation),
+        best_key = key
+        best = Calculation(operation, expression, value, _scale_of(p.text, passages, [cells[i] for i in columns],
+                                                                  operation),
                            label, tuple(c for c in used if c), p.n)
-    return None
+    return best
 
 
 def _number_text(cell: str) -> str:
