@@ -210,7 +210,7 @@ class Platform:
         answer = Answer(domain=dom.name, question=question, text="", citations=[],
                         adapter=adapter.served_name if adapter else None,
                         adapter_version=adapter.version if adapter else None, abstained=False,
-                        evidence=round(evidence, 4) if evidence is not None else None,
+                        evidence=round(evidence, 4) if evidence is not None else None, standalone_question=standalone,
                         timings={"retrieve_ms": round(retrieve_ms, 1), "generate_ms": 0.0, "first_token_ms": None})
         if rag and (not passages or evidence < dom.evidence_threshold):
             answer.abstained = True
@@ -240,7 +240,6 @@ class Platform:
         if rag and len(shown) < len(passages):
             answer.flags.append(f"trimmed_passages:{len(passages) - len(shown)}")
         answer.passages = shown
-        answer.standalone_question = standalone
         sampling = sampling or Sampling()
         request = GenerationRequest(
             messages=messages, adapter=dom.name if adapter else None, max_tokens=max_new,

@@ -82,6 +82,15 @@ def test_a_follow_up_is_rewritten_for_retrieval_and_cites_this_turns_passages(pl
     assert follow.meta()["standalone_question"] == follow.standalone_question
 
 
+def test_a_follow_up_the_gate_refuses_still_says_what_was_searched(platform):
+    """The gate's abstention keeps the rewritten question (CI found the app's "Searched for" note missing)."""
+    messages = [turn("user", FIRST), turn("assistant", "The current sensor."), turn("user", FOLLOW_UP)]
+    gated = platform.chat("manufacturing", messages, filter={"title": "no document has this title"})
+    assert gated.abstained and gated.abstained_by == "gate" and not gated.citations
+    assert gated.rewrite in ("model", "concatenated") and gated.standalone_question
+    assert gated.meta()["standalone_question"] == gated.standalone_question
+
+
 def test_old_turns_are_dropped_first_when_the_history_does_not_fit(platform):
     long_history = []
     for i in range(30):
