@@ -106,13 +106,15 @@ _WORD = re.compile(r"[A-Za-z0-9]+")
 def accept_rewrite(conversation: Conversation, rewrite: str) -> tuple[str, str]:
     """(standalone question, how it was made): the model's rewrite when it is usable, else the two latest
     user questions followed by the follow-up. Usable: one line, 3-60 words, keeping most of the follow-up's
-    content words."""
+    content words and bringing in at least one from the earlier turns (a rewrite that only echoes the
+    follow-up, "What about in adults?", would search without the topic)."""
     text = rewrite.strip().split("\n")[0].strip().strip('"').strip()
     text = re.sub(r"^(standalone question|question)\s*:\s*", "", text, flags=re.IGNORECASE)
     follow = content_words(conversation.question)  # "What are its symptoms?" -> {"symptoms"}: must survive
     kept = content_words(text)
     words = len(_WORD.findall(text))
-    if 3 <= words <= 60 and (not follow or len(follow & kept) / len(follow) >= 0.5):
+    earlier_words = set().union(*(content_words(t["content"]) for t in conversation.history))
+    if 3 <= words <= 60 and (not follow or len(follow & kept) / len(follow) >= 0.5) and (kept - follow) & earlier_words:
         return text, "model"
     # the two latest user turns: a second follow-up ("And at night?") still carries the topic the first set
     earlier = [t["content"] for t in conversation.history if t["role"] == "user"][-2:]

@@ -44,6 +44,8 @@ class RetrievalSpec:
     embed_title: bool = True         # prepend the document title to each chunk before embedding
     scope_qa_meta: str = ""          # qa `meta` key naming the one item a question is about (payload "title")
     evidence_threshold: float = 0.0  # evidence gate: min dense similarity of the closest chunk (`assistant calibrate`)
+    query_encoder: str = "query_encoder"  # package dir of the tuned query encoder (`assistant tune-retrieval`),
+                                          # used when it holds one; "" = always the base embedder
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,14 @@ class Domain:
     def adapter_manifest(self) -> dict:
         path = self.adapter_path / "manifest.json"
         return json.loads(path.read_text()) if path.is_file() else {}
+
+    @property
+    def query_encoder_path(self) -> Path | None:
+        """The tuned query encoder's directory when the package holds one (None: the base embedder)."""
+        if not self.retrieval.query_encoder:
+            return None
+        path = (self.root / self.retrieval.query_encoder).resolve()
+        return path if (path / "adapter_config.json").is_file() else None
 
     @property
     def redacts_identifiers(self) -> bool:

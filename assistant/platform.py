@@ -77,6 +77,8 @@ class Platform:
         self.base_model_sha256 = base_model_sha256  # adapters must name it in their manifest (None: not checked)
         self._calibrations: dict[str, tuple[int | None, dict]] = {}  # domain -> (file mtime, choice calibration)
         self.refused_adapters: dict[str, str] = {}  # domain -> why its adapter was refused at start-up
+        self.query_encoders: dict[str, str] = {}    # domain -> version of its tuned query encoder (loaded)
+        self.refused_query_encoders: dict[str, str] = {}  # domain -> why (it retrieves with the base embedder)
         self._users: tuple[tuple, Users] | None = None
         self.library = DocumentLibrary(settings, store, embedder, domains)  # uploads: add, list, remove, publish
         self._closed = False
@@ -117,6 +119,8 @@ class Platform:
             raise
         platform = cls(settings, engine, store, embedder, loaded, owns_engine, prepared.base_model_sha256)
         try:
+            for dom in loaded.values():
+                platform.load_query_encoder(dom, prepared.embed_model_sha256)
             for dom in loaded.values():
                 if dom.has_adapter:
                     try:
@@ -169,8 +173,34 @@ class Platform:
         """`user`: who asks; their private uploads are searched too (None: only the documents every user sees)."""
         dom = self.domain(domain)
         question = check_question(question, self.settings.max_question_chars)
-        return self.retriever.retrieve(dom.name, question, k or dom.k, mode=mode or dom.retrieval.mode,
+        mode = mode or dom.retrieval.mode
+        if query_vector is None and mode != "sparse" and dom.name in self.query_encoders:
+            query_vector = self.search_vector(dom.name, question)
+        return self.retriever.retrieve(dom.name, question, k or dom.k, mode=mode,
                                        filter=filter, query_vector=query_vector, viewer=user)
+
+    def load_query_encoder(self, dom: Domain, embed_model_sha256: str) -> None:
+        """Load the package's tuned query encoder, if it has one; a broken one is refused with a logged reason
+        and the domain retrieves with the base embedder (still grounded, only less tuned)."""
+        from assistant.serving.adapter_manifest import check_query_encoder
+
+        path = dom.query_encoder_path
+        if path is None:
+            return
+        try:
+            manifest = check_query_encoder(path, embed_model_sha256)
+            self.embedder.add_query_encoder(dom.name, path)
+        except Exception as exc:  # noqa: BLE001 - any unusable encoder: refuse it, keep the domain up
+            self.refused_query_encoders[dom.name] = f"{type(exc).__name__}: {str(exc)[:300]}"
+            logger.error("domain %s retrieves with the base embedder: its query encoder %s was refused: %s",
+                         dom.name, path, exc)
+            return
+        self.query_encoders[dom.name] = manifest.get("version", "")
+
+    def search_vector(self, domain: str, question: str):
+        """The question's embedding for retrieval: by the domain's tuned query encoder when it has one (the
+        gate and the span pick compare with base-embedded text, so they keep the base embedding)."""
+        return self.embedder.embed_query(question, domain if domain in self.query_encoders else None)
 
     def evidence(self, domain: str, question: str, filter: dict | None = None, query_vector=None,
                  user: str | None = None) -> float:
@@ -202,8 +232,9 @@ class Platform:
         started = time.perf_counter()
         passages, evidence, vector = [], None, None
         if rag:
-            vector = self.embedder.embed_query(searched)  # once, for both retrieval and the gate
-            passages = self.retrieve(dom.name, searched, k, filter=filter, query_vector=vector, user=user)
+            vector = self.embedder.embed_query(searched)  # the base embedding: the gate and the span pick
+            tuned = self.search_vector(dom.name, searched) if dom.name in self.query_encoders else vector
+            passages = self.retrieve(dom.name, searched, k, filter=filter, query_vector=tuned, user=user)
             evidence = self.evidence(dom.name, searched, filter, query_vector=vector, user=user)
         retrieve_ms = (time.perf_counter() - started) * 1000
         adapter = self.adapter_for(dom.name, lora)
@@ -561,7 +592,10 @@ class Platform:
             out.append({"domain": dom.name, "title": dom.title, "description": dom.description,
                         "adapter": adapter.served_name if adapter else None,
                         "adapter_version": adapter.version if adapter else None,
-                        **({"unavailable": refused} if refused else {})})
+                        "query_encoder": self.query_encoders.get(dom.name),
+                        **({"unavailable": refused} if refused else {}),
+                        **({"query_encoder_refused": self.refused_query_encoders[dom.name]}
+                           if dom.name in self.refused_query_encoders else {})})
         return out
 
 

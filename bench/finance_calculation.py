@@ -2,6 +2,7 @@
 domain really retrieves (hybrid, k from domain.toml), on the eval's seeded sample of the test split: how often a
 calculation is made, and its exact match under TAT-QA's numeric rule (with scale), next to the same with the
 gold table shown (the executor's ceiling) and the earlier free-text figure. No engine: the calculation needs none.
+Retrieval is the platform's own, with finance's tuned query encoder when the package ships one.
 
 usage: python -m bench.finance_calculation [--limit 300] [--out bench/results/finance_calculation.json]
 """
@@ -30,7 +31,7 @@ def main(argv=None) -> None:
     from assistant.config import Settings
     from assistant.domains import get_domain
     from assistant.platform import Platform
-    from assistant.serving.models import prepare_embedder
+    from assistant.serving.models import embed_model_sha256, prepare_embedder
     from indexing.documents import read_corpus_jsonl
     from indexing.embedder import Embedder
     from indexing.store import open_store
@@ -39,6 +40,7 @@ def main(argv=None) -> None:
     domain = get_domain("finance", settings)
     platform = Platform(settings, None, open_store(settings), Embedder(prepare_embedder(settings)),
                         {"finance": domain}, owns_engine=False)
+    platform.load_query_encoder(domain, embed_model_sha256(settings))
     docs = {d.doc_id: d for src in domain.data for d in read_corpus_jsonl(src.corpus).documents}
     rows = [r for r in sample_rows(domain, "test", args.limit) if r["answer_type"] == "arithmetic"]
     retrieved, oracle, made = [], [], 0
@@ -54,7 +56,7 @@ def main(argv=None) -> None:
         oracle.append(score_answer(row, gold_calc.reply() if gold_calc else "", gold_calc is None)["f1"])
     platform.store.close()
     result = {"n_sample": args.limit, "n_arithmetic": len(rows), "calculated": made,
-              "retrieved_k": domain.retrieval.k}
+              "retrieved_k": domain.retrieval.k, "query_encoder": platform.query_encoders.get("finance")}
     for name, values in (("retrieved", retrieved), ("gold_table_shown", oracle)):
         mean, low, high = mean_ci(values)
         result[name] = {"exact_match": round(mean, 4), "ci95": [round(low, 4), round(high, 4)]}

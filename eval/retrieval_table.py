@@ -3,8 +3,12 @@ index), next to LlamaIndex's default pipeline (SentenceSplitter 1024/200 + Huggi
 same MiniLM + QdrantVectorStore over qdrant-client, dense top 10).
 
 Questions about one policy or product are retrieved within it (payload filter), for every system alike.
+A domain with a tuned query encoder (its package's, or `--query-encoder DOMAIN=DIR` for one not installed yet)
+gets "tuned" dense and hybrid rows too, with a paired test of recall@5 against the base embedder's, and the
+query encode time of each.
 
-usage: python -m eval.retrieval_table [--domains a,b] [--limit N] [--no-baseline] [--out eval/reports/retrieval]
+usage: python -m eval.retrieval_table [--domains a,b] [--limit N] [--no-baseline] [--query-encoder d=DIR]
+                                      [--out eval/reports/retrieval]
 """
 from __future__ import annotations
 
@@ -21,14 +25,25 @@ MODES = ("dense", "sparse", "hybrid")
 FETCH_CHUNKS = 30  # chunks fetched so that 10 distinct documents are usually available
 
 
-def our_scores(domain, store, embedder, rows) -> dict[str, dict]:
+def encode_ms_p50(embedder, rows, query_encoder=None, n: int = 50) -> float:
+    """Median time to embed one question, as the platform does (one at a time)."""
+    times = []
+    for row in rows[:n]:
+        t = time.perf_counter()
+        embedder.embed_query(row["question"], query_encoder)
+        times.append((time.perf_counter() - t) * 1000)
+    return round(sorted(times)[len(times) // 2], 2)
+
+
+def our_scores(domain, store, embedder, rows, query_encoder: str | None = None) -> dict[str, dict]:
+    """Scores per mode; with `query_encoder` (a loaded encoder's name), the tuned dense and hybrid modes."""
     from indexing import bm25
 
     from .retrieval_metrics import mean_scores, score_query
 
-    vectors = embedder.embed([r["question"] for r in rows])
+    vectors = embedder.embed([r["question"] for r in rows], query_encoder=query_encoder)
     out = {}
-    for mode in MODES:
+    for mode in (MODES if query_encoder is None else ("dense", "hybrid")):
         per_q, latencies = [], []
         for row, vec in zip(tqdm(rows, desc=f"{domain.name} {mode}", leave=False), vectors, strict=True):
             t = time.perf_counter()
@@ -37,8 +52,22 @@ def our_scores(domain, store, embedder, rows) -> dict[str, dict]:
                                 k=FETCH_CHUNKS, filter=domain.scope_filter(row))
             latencies.append((time.perf_counter() - t) * 1000)
             per_q.append(score_query([h.payload["doc_id"] for h in hits], row["gold_doc_ids"]))
-        out[mode] = mean_scores(per_q) | {"search_ms_p50": round(sorted(latencies)[len(latencies) // 2], 2)}
+        out[mode] = mean_scores(per_q) | {"search_ms_p50": round(sorted(latencies)[len(latencies) // 2], 2),
+                                          "per_question_recall@5": [q["recall@5"] for q in per_q]}
     return out
+
+
+def tuned_scores(domain, store, embedder, rows, base: dict) -> dict:
+    """The tuned rows, each with its paired recall@5 test against the same mode with the base embedder."""
+    from .statistics import paired_comparison
+
+    tuned = our_scores(domain, store, embedder, rows, query_encoder=domain.name)
+    for mode, scores in tuned.items():
+        scores["vs_base_recall@5"] = paired_comparison(scores["per_question_recall@5"],
+                                                       base[mode]["per_question_recall@5"])
+    tuned["encode_ms_p50"] = {"base": encode_ms_p50(embedder, rows), "tuned": encode_ms_p50(embedder, rows,
+                                                                                            domain.name)}
+    return tuned
 
 
 def baseline_scores(domain, embed_path, rows) -> dict:
@@ -84,13 +113,16 @@ def main(argv=None) -> None:
     parser.add_argument("--domains", default="")
     parser.add_argument("--limit", type=int, default=0, help="first N test questions per domain (0 = all)")
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--query-encoder", action="append", default=[], metavar="DOMAIN=DIR",
+                        help="score this query encoder for DOMAIN instead of its package's")
     parser.add_argument("--out", default=str(ROOT / "eval" / "reports" / "retrieval"))
     args = parser.parse_args(argv)
 
     from assistant.building.indexer import index_domain
     from assistant.config import Settings
     from assistant.domains import get_domain, list_domains
-    from assistant.serving.models import prepare_embedder
+    from assistant.serving.adapter_manifest import check_query_encoder
+    from assistant.serving.models import embed_model_sha256, prepare_embedder
     from indexing.embedder import Embedder
     from indexing.store import open_store
 
@@ -98,6 +130,7 @@ def main(argv=None) -> None:
     names = [n for n in args.domains.split(",") if n] or list_domains(settings)
     embed_path = prepare_embedder(settings)
     embedder = Embedder(embed_path)
+    chosen = dict(item.split("=", 1) for item in args.query_encoder)
     store = open_store(settings)
     results = {}
     try:
@@ -108,6 +141,12 @@ def main(argv=None) -> None:
             if args.limit:
                 rows = rows[: args.limit]
             results[name] = {"n": len(rows), "ours": our_scores(domain, store, embedder, rows)}
+            encoder = chosen.get(name) or domain.query_encoder_path
+            if encoder:
+                manifest = check_query_encoder(encoder, embed_model_sha256(settings))
+                embedder.add_query_encoder(name, encoder)
+                results[name]["tuned"] = tuned_scores(domain, store, embedder, rows, results[name]["ours"])
+                results[name]["tuned"]["encoder"] = {"path": str(encoder), "version": manifest.get("version")}
             if not args.no_baseline:
                 results[name]["llamaindex_default"] = baseline_scores(domain, embed_path, rows)
             print(json.dumps({name: results[name]}), flush=True)
@@ -117,7 +156,11 @@ def main(argv=None) -> None:
     command = "python -m eval.retrieval_table " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "results": results}, indent=2) + "\n")
+    summary = json.loads(json.dumps(results, default=str))
+    for r in summary.values():
+        for scores in (*r["ours"].values(), *r.get("tuned", {}).values()):
+            scores.pop("per_question_recall@5", None)  # used for the paired tests; not kept in the report
+    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "results": summary}, indent=2) + "\n")
     out.with_suffix(".md").write_text(render(results, command.strip()))
     print(render(results, command.strip()))
 
@@ -132,11 +175,25 @@ def render(results: dict, command: str) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         systems = [(f"ours {m}", r["ours"][m]) for m in MODES]
+        systems += [(f"ours {m}, tuned query encoder", r["tuned"][m]) for m in ("dense", "hybrid") if m in
+                    r.get("tuned", {})]
         if "llamaindex_default" in r:
             systems.append(("LlamaIndex default (dense)", r["llamaindex_default"]))
         for label, s in systems:
             lines.append(f"| {name} | {r['n']} | {label} | {s['recall@1']:.3f} | {s['recall@5']:.3f} | "
                          f"{s['recall@10']:.3f} | {s['mrr@10']:.3f} | {s['ndcg@10']:.3f} |")
+    tuned = {name: r["tuned"] for name, r in results.items() if "tuned" in r}
+    if tuned:
+        lines += ["", "Tuned query encoders (`assistant tune-retrieval`): recall@5 against the base embedder, same "
+                  "mode and questions (paired permutation test), and the median time to embed one question.", "",
+                  "| domain | mode | recall@5 base | tuned | difference [95% CI] | p | encode ms p50 base / tuned |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, t in tuned.items():
+            for mode in ("dense", "hybrid"):
+                c = t[mode]["vs_base_recall@5"]
+                lines.append(f"| {name} | {mode} | {results[name]['ours'][mode]['recall@5']:.3f} | "
+                             f"{t[mode]['recall@5']:.3f} | {c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
+                             f"| {c['p_value']:.4f} | {t['encode_ms_p50']['base']} / {t['encode_ms_p50']['tuned']} |")
     return "\n".join(lines) + "\n"
 
 

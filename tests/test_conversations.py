@@ -51,6 +51,9 @@ def test_a_rewrite_that_loses_the_follow_up_falls_back_to_concatenation():
     assert accept_rewrite(conv, "Which sensor detects bearing faults in an electric motor?")[1] == "model"
     text, how = accept_rewrite(conv, "Yes.")
     assert how == "concatenated" and text.startswith(FIRST) and text.endswith(FOLLOW_UP)
+    # an echo of the follow-up brings in no topic (CI: "What about in adults?" was searched as it is)
+    assert accept_rewrite(conv, FOLLOW_UP)[1] == "concatenated"
+    assert accept_rewrite(conv, "And which one detects its bearing faults, too?")[1] == "concatenated"
     # a second follow-up keeps the topic the first question set
     again = parse_messages([turn("user", FIRST), turn("assistant", "Current [1]."), turn("user", FOLLOW_UP),
                             turn("assistant", "Vibration [2]."), turn("user", "And at night?")], 4000)

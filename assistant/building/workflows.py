@@ -80,6 +80,30 @@ def train_domain(domain: str | Domain, settings: Settings | None = None, config=
                          domain=dom.name)
 
 
+def tune_retrieval(domain: str | Domain, settings: Settings | None = None, config=None, *,
+                   out: str | Path | None = None, limit: int = 0, progress: Progress = _quiet) -> dict:
+    """Train the domain's query encoder on its train split (assistant/building/retrieval_tuning.py), indexing
+    the domain first if needed; writes it to `out` (default: the package's query encoder directory) only when it
+    beats the base encoder on held-out train questions. Returns its manifest fields."""
+    from assistant.building.indexer import index_domain
+    from assistant.building.retrieval_tuning import QueryTuneConfig, tune_query_encoder
+    from assistant.serving.models import embed_model_sha256
+
+    settings = settings or Settings.load()
+    dom = domain if isinstance(domain, Domain) else get_domain(domain, settings)
+    if not out and not dom.retrieval.query_encoder:
+        raise InputError(f"domain {dom.name} sets retrieval.query_encoder = \"\" (no tuned encoder): pass --out")
+    store, embedder = open_store_and_embedder(settings, progress)
+    try:
+        if not store.has_collection(dom.name):
+            index_domain(dom, store, embedder)
+        return tune_query_encoder(dom, store, embedder.model_path, out or dom.root / dom.retrieval.query_encoder,
+                                  config or QueryTuneConfig(), base_embedder_sha256=embed_model_sha256(settings),
+                                  limit=limit)
+    finally:
+        store.close()
+
+
 def calibrate_domains(names: list[str], settings: Settings | None = None, *, n: int = 300,
                       choices: bool = True) -> list[dict]:
     """Evidence-gate thresholds for the named domains (others' questions serve as out-of-domain), then, for

@@ -289,7 +289,9 @@ def create_app(platform: Platform) -> FastAPI:
             raise AuthenticationError("missing or invalid API key")
         return {"object": "list", "data": [
             {"id": d["domain"], "object": "model", "created": 0, "owned_by": "domain-assistant",
-             "description": d["description"], "adapter": d["adapter"], "adapter_version": d["adapter_version"]}
+             "description": d["description"], "adapter": d["adapter"], "adapter_version": d["adapter_version"],
+             "query_encoder": d["query_encoder"],
+             **({"query_encoder_refused": d["query_encoder_refused"]} if "query_encoder_refused" in d else {})}
             for d in listed]}
 
     @app.post("/v1/adapters/{domain}/reload")

@@ -32,6 +32,17 @@ def check_adapter(adapter_dir: str | Path, base_model_sha256: str) -> dict:
     return manifest
 
 
+def check_query_encoder(path: str | Path, base_embedder_sha256: str) -> dict:
+    """The manifest of a query encoder that may be loaded over this base embedder; raises AdapterError if not."""
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "query_encoder":
+        raise AdapterError(f"{path} is not a query encoder (manifest kind {manifest.get('kind')!r})")
+    if manifest.get("base_embedder_sha256") != base_embedder_sha256:
+        raise AdapterError(f"query encoder {path} was tuned on embedder {manifest.get('base_embedder_sha256')}, "
+                           f"but the platform embeds with {base_embedder_sha256}; re-run `assistant tune-retrieval`")
+    return manifest
+
+
 def write_manifest(adapter_dir: str | Path, manifest: dict) -> Path:
     path = Path(adapter_dir) / MANIFEST
     tmp = path.with_suffix(".tmp")

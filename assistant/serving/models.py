@@ -47,6 +47,7 @@ class PreparedModels:
     base_model: Path
     base_model_sha256: str  # sha256 of the source weights (the GGUF, or model.safetensors of a local dir)
     embed_model: Path
+    embed_model_sha256: str  # what a domain's query encoder must have been tuned on (its manifest says)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -207,8 +208,16 @@ def _local_model(path: Path, what: str) -> tuple[Path, str]:
     return path, digest.hexdigest()
 
 
+def embed_model_sha256(settings: Settings) -> str:
+    """The embedding model's identity: the packaged weights' sha256, or a local model's hash (as `_local_model`)."""
+    if settings.embed_model:
+        return _local_model(Path(settings.embed_model), "embedding model")[1]
+    return EMBED_FILES_SHA256["model.safetensors"]
+
+
 def prepare(settings: Settings | None = None, progress=print) -> PreparedModels:
     settings = settings or Settings.load()
     base, base_sha = prepare_base_model(settings, progress)
     embed = prepare_embedder(settings, progress)
-    return PreparedModels(base_model=base, base_model_sha256=base_sha, embed_model=embed)
+    return PreparedModels(base_model=base, base_model_sha256=base_sha, embed_model=embed,
+                          embed_model_sha256=embed_model_sha256(settings))

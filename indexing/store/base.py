@@ -113,6 +113,10 @@ class Store(ABC):
         """Every point as (id, payload restricted to `fields`)."""
 
     @abstractmethod
+    def scan_vectors(self, name: str, fields: list[str]) -> Iterator[tuple[str, dict, np.ndarray]]:
+        """Every point as (id, payload restricted to `fields`, its dense vector as float32)."""
+
+    @abstractmethod
     def search(self, name: str, *, dense: np.ndarray | None, sparse: Sparse | None, k: int,
                filter: dict | None = None, viewer: str | None = None) -> list[Hit]:
         """Dense only, sparse only, or both fused with RRF inside Qdrant (query + prefetch); see `filters`

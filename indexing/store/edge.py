@@ -6,6 +6,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+
 from .base import (
     DATETIME_FIELDS,
     DENSE,
@@ -158,15 +160,22 @@ class EdgeStore(Store):
         return self._shard(name).count(qe.CountRequest(exact=True))
 
     def scan(self, name: str, fields: list[str]) -> Iterator[tuple[str, dict]]:
+        for rec in self._scroll(name, fields, with_vector=False):
+            yield str(rec.id), rec.payload or {}
+
+    def scan_vectors(self, name: str, fields: list[str]) -> Iterator[tuple[str, dict, np.ndarray]]:
+        for rec in self._scroll(name, fields, with_vector=[DENSE]):
+            yield str(rec.id), rec.payload or {}, np.asarray(rec.vector[DENSE], dtype=np.float32)
+
+    def _scroll(self, name: str, fields: list[str], with_vector):
         import qdrant_edge as qe
 
         shard = self._shard(name)
         offset = None
         while True:
             records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=2048, with_payload=fields,
-                                                            with_vector=False))
-            for rec in records:
-                yield str(rec.id), rec.payload or {}
+                                                            with_vector=with_vector))
+            yield from records
             if offset is None:
                 break
 

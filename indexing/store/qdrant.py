@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from .base import (
     DATETIME_FIELDS,
     DENSE,
@@ -116,13 +118,20 @@ class QdrantStore(Store):
         return self.client.count(self._c(name), exact=True).count
 
     def scan(self, name: str, fields: list[str]) -> Iterator[tuple[str, dict]]:
+        for p in self._scroll(name, fields, with_vectors=False):
+            yield str(p.id), p.payload or {}
+
+    def scan_vectors(self, name: str, fields: list[str]) -> Iterator[tuple[str, dict, np.ndarray]]:
+        for p in self._scroll(name, fields, with_vectors=[DENSE]):
+            yield str(p.id), p.payload or {}, np.asarray(p.vector[DENSE], dtype=np.float32)
+
+    def _scroll(self, name: str, fields: list[str], with_vectors):
         self._require(name)
         offset = None
         while True:
             points, offset = self.client.scroll(self._c(name), limit=2048, offset=offset, with_payload=fields,
-                                                with_vectors=False)
-            for p in points:
-                yield str(p.id), p.payload or {}
+                                                with_vectors=with_vectors)
+            yield from points
             if offset is None:
                 break
 
