@@ -157,7 +157,7 @@ def recall_at(model, examples: list[Example], docs, doc_ids: list[str], config: 
         for start in range(0, len(examples), 64):
             batch = examples[start:start + 64]
             scores = _encode(model, [e.question for e in batch]) @ docs.T
-            scope, positive = _masks(batch, docs.shape[0])
+            scope, _ = _masks(batch, docs.shape[0])
             scores = scores.masked_fill(~scope, float("-inf"))
             for j, ex in enumerate(batch):
                 gold = {doc_ids[i] for i in ex.positives}
