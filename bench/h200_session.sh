@@ -10,6 +10,10 @@
 #   expand-grid     bench/lora_expand_grid.py (the project's segmented LoRA expand vs vLLM's grid), JSON to $OUT
 #   segmented       bench/lora_segmented.py (the segmented shrink + expand vs vLLM's own kernels), JSON to $OUT
 #   wait S          print the bench log for up to S seconds; copy results and stack dumps to $OUT
+#   train-mixes     no vLLM: parts hold model/, data/<domain>.jsonl.gz (`assistant train D --export-data`, the
+#                   verticals' mixes) and bnb/ (bitsandbytes, CUDA 13 libraries only); trains healthcare, retail,
+#                   finance and legal on their mixes plus healthcare once with --qlora, in parallel, in the background
+#   mixes-wait S    wait up to S seconds for them; adapters (bf16) tarred into $OUT
 set -uo pipefail
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -46,6 +50,22 @@ for step in "$@"; do
       tail -n 12 /tmp/rank/*.log
       (cd /tmp/rank && tar cf - */adapter_model.safetensors */adapter_config.json */manifest.json | split -b 15M -d -a 1 - "$OUT/rank.tar.")
       echo "training took $((SECONDS - t)) s" ;;
+    train-mixes)
+      mkdir -p /tmp/gb /tmp/mixes
+      [ -d /tmp/gb/model ] || cat $(ls /tmp/parts/* | sort -t/ -k4 -n) | tar xf - -C /tmp/gb || exit 1
+      export PYTHONPATH=/tmp/gb/bnb:$PYTHONPATH
+      python3 -c "import bitsandbytes, torch; print('bitsandbytes', bitsandbytes.__version__, torch.cuda.get_device_name())"
+      for d in healthcare retail finance legal; do gunzip -kf "/tmp/gb/data/$d.jsonl.gz"; done
+      run() { setsid nohup python3 -m assistant train "$@" > "/tmp/mixes/$RUN.log" 2>&1 < /dev/null & }
+      for d in healthcare retail finance legal; do
+        epochs=2; [ "$d" = healthcare ] && epochs=3
+        RUN=$d run "$d" --data "/tmp/gb/data/$d.jsonl" --epochs $epochs --out "/tmp/mixes/$d"
+      done
+      RUN=healthcare-qlora run healthcare --data /tmp/gb/data/healthcare.jsonl --epochs 3 --qlora \
+        --out /tmp/mixes/healthcare-qlora
+      sleep 60; tail -n 3 /tmp/mixes/*.log; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv ;;
+    mixes-wait)
+      : ;;
     bench-start)
       mkdir -p /tmp/bench
       setsid nohup python3 -m bench.gpu_lora --out /tmp/bench ${BENCH_ARGS:-} > /tmp/bench/log 2>&1 < /dev/null &
@@ -64,6 +84,14 @@ for step in "$@"; do
       : ;;
     [0-9]*)
       end=$((SECONDS + step))
+      if [ -d /tmp/mixes ]; then
+        while [ $SECONDS -lt $end ] && pgrep -f "assistant train" > /dev/null; do sleep 10; done
+        tail -n 4 /tmp/mixes/*.log
+        (cd /tmp/mixes && tar cf - */adapter_model.safetensors */adapter_config.json */manifest.json \
+          | split -b 15M -d -a 1 - "$OUT/mixes.tar.")
+        cp /tmp/mixes/*.log "$OUT/" 2>/dev/null
+        continue
+      fi
       while [ $SECONDS -lt $end ]; do
         if grep -q "^wrote /tmp/bench/gpu_lora.json" /tmp/bench/log 2>/dev/null; then break; fi
         if ! pgrep -f "bench.gpu_lora|bench.lora_kernels" > /dev/null; then echo "bench process is gone"; break; fi

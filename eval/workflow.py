@@ -54,7 +54,10 @@ def evaluate(names: list[str], settings: Settings | None = None, *, split: str =
                 progress(f"{name}: report {report_md}")
             scored_split = split == "test" or not platform.domain(name).qa_rows("test")  # no test split: dev
             first_set = result["report_name"] == name  # the manifest keeps the first data set's scores
-            if not adapter_path and scored_split and first_set and "rag+lora" in conditions:
+            # only a whole run (every condition, its report written) replaces the scores the manifest keeps: a
+            # --conditions rag+lora --no-report check once overwrote them with a partial block and no report
+            whole_run = report_md is not None and set(CONDITIONS) <= set(conditions)
+            if not adapter_path and scored_split and first_set and whole_run:
                 record_in_manifest(platform.domain(name), result, report_md)
             results.append(result)
     finally:

@@ -9,7 +9,16 @@ import pytest
 from assistant.building.export import export_merged
 from assistant.building.indexer import index_domain
 from assistant.building.scaffold import ScaffoldError, create_domain, synthesize_qa
-from assistant.building.training import TrainConfig, build_examples, encode_examples, end_of_turn_ids, train_adapter
+from assistant.building.training import (
+    MixConfig,
+    TrainConfig,
+    build_examples,
+    encode_examples,
+    end_of_turn_ids,
+    mix_rows,
+    split_dev,
+    train_adapter,
+)
 from assistant.domains import get_domain, list_domains, load_domain
 from assistant.serving.adapter_manifest import check_adapter
 from assistant.serving.adapters import AdapterError
@@ -71,6 +80,32 @@ def test_short_training_run_lowers_loss_and_vllm_serves_the_adapter(platform, pr
     assert out.adapter.version == manifest["version"] == adapter.version and out.token_ids
 
 
+def test_the_training_mix_caps_each_data_set_and_balances_yes_no_maybe(platform):
+    import random
+    from collections import Counter
+
+    dom = platform.domains["healthcare"]  # PubMedQA (55% "yes" in train) + MedQuAD's long answers
+    rows = dom.qa_rows("train")
+    mixed = mix_rows(rows, MixConfig(per_set=120), random.Random(0))
+    sets = Counter(r["data"] for r in mixed)
+    assert sets["medquad"] == 120 and sets["pubmedqa_pqal"] > 120  # capped, then the rarer labels repeated
+    labels = Counter(r["answer"][0] for r in mixed if r["data"] == "pubmedqa_pqal")
+    assert len(labels) == 3 and len(set(labels.values())) == 1, labels
+    plain = Counter(r["answer"][0] for r in mix_rows(rows, MixConfig(per_set=120, balance_labels=False),
+                                                     random.Random(0)) if r["data"] == "pubmedqa_pqal")
+    assert plain["yes"] > plain["maybe"] and sum(plain.values()) == 120
+
+    examples = build_examples(dom, platform.retriever, platform.engine.tokenizer, mix=MixConfig(per_set=15),
+                              progress=False)
+    assert {e["data"] for e in examples} == {"medquad", "pubmedqa_pqal"}
+    assert {"yes", "no", "maybe"} <= {e["label"] for e in examples}
+    assert all(e["label"] == "abstain" for e in examples if e["target"].startswith("I don't know"))
+    groups = [e["qid"] for e in examples]
+    train, dev = split_dev(list(range(len(examples))), 0.2, random.Random(0), groups=groups)
+    assert dev and not {groups[i] for i in train} & {groups[i] for i in dev}  # a repeated question stays on one side
+    assert sorted(train + dev) == list(range(len(examples)))
+
+
 def test_new_domain_end_to_end_on_a_tiny_corpus(platform, prepared, tmp_path):
     make_mixed_folder(tmp_path / "docs")
     for bad in ("empty.txt", "binary.txt", "corrupt.pdf", "latin1.txt", "image.xyz"):
@@ -115,6 +150,41 @@ def test_merged_export_generates_the_same_tokens_as_base_plus_adapter(prepared, 
     assert merged == with_adapter
     with pytest.raises(FileExistsError):
         export_merged(prepared.base_model, prepared.base_model_sha256, adapter, out, "float32")
+
+
+def test_cpu_recipe_upper_layers_bf16_and_a_time_budget(platform, prepared, engine, tmp_path):
+    """The CPU recipe's knobs do what they say on the real model, and vLLM serves an upper-layers adapter exactly
+    as HF + peft run it."""
+    from safetensors import safe_open
+
+    from assistant.errors import InputError
+    from helpers.lora import make_random_adapter
+
+    dom = platform.domains["manufacturing"]
+    examples = build_examples(dom, platform.retriever, platform.engine.tokenizer, limit=30, progress=False)
+    config = TrainConfig(max_steps=200, batch_size=2, max_len=1024, upper_layers=10, bf16_autocast=True,
+                         time_budget_s=30, eval_every=1000, device="cpu")
+    manifest = train_adapter(examples, prepared.base_model, tmp_path / "budget", config, domain="manufacturing",
+                             base_model_sha256=prepared.base_model_sha256, progress=False)
+    assert 2 <= manifest["steps"] < 200  # the budget cut the run short of max_steps
+    slowest = max(manifest["history"]["step_s"])
+    assert manifest["wall_time_s"] <= 30 + 2 * slowest + 15  # + the dev evaluations at the start and the end
+    assert manifest["hyperparameters"]["upper_layers"] == 10 and manifest["hyperparameters"]["bf16_autocast"]
+    assert len(manifest["history"]["step_s"]) == manifest["steps"]
+    with safe_open(str(tmp_path / "budget" / "adapter_model.safetensors"), "pt") as fh:
+        layers = {int(k.split(".layers.")[1].split(".")[0]) for k in fh.keys()}  # noqa: SIM118
+    assert layers == set(range(20, 30))
+    with pytest.raises(InputError, match="cuts every example before its answer"):
+        train_adapter(examples[:4], prepared.base_model, tmp_path / "cut", TrainConfig(max_steps=1, max_len=16),
+                      domain="manufacturing", base_model_sha256=prepared.base_model_sha256, progress=False)
+
+    upper = make_random_adapter(prepared.base_model, tmp_path / "upper", seed=3,
+                                layers_to_transform=list(range(20, 30)))
+    engine.register_adapter("upper-layers", upper)  # float32 engine: token-exact against HF + peft
+    prompt = engine.render(GenerationRequest(messages=examples[0]["messages"]))
+    served = engine.generate([GenerationRequest(messages=examples[0]["messages"], adapter="upper-layers",
+                                                max_tokens=12)])[0]
+    assert served.token_ids == hf_greedy(prepared.base_model, [(prompt, upper)], 12)[0]
 
 
 def test_qlora_without_cuda_is_refused_clearly(prepared, tmp_path):

@@ -129,3 +129,16 @@ def test_tiny_end_to_end_eval_is_resumable_and_cleans_up(platform, tmp_path):
     paths = write_report(result, tmp_path / "reports", "assistant eval manufacturing --limit 4")
     assert json.loads(paths["json"].read_text())["n"] == 4
     assert "--limit 4" in paths["md"].read_text() and paths["png"].stat().st_size > 1000
+
+
+def test_a_partial_eval_run_leaves_the_shipped_manifest_scores_alone(platform):
+    """`assistant eval D --conditions rag+lora --no-report` is a check, not a new result: it once replaced the
+    manifest's eval block (the four conditions, the report's path) with a partial one."""
+    from eval.workflow import evaluate
+
+    manifest = platform.domain("manufacturing").adapter_path / "manifest.json"
+    before = manifest.read_bytes()
+    results = evaluate(["manufacturing"], limit=3, conditions=["rag+lora"], write_reports=False, risk=False,
+                       platform=platform, progress=lambda *_: None)
+    assert results[0]["n"] == 3 and set(results[0]["answers"]) == {"rag+lora"}
+    assert manifest.read_bytes() == before

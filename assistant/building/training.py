@@ -18,6 +18,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -63,17 +64,83 @@ def target_text(row: dict, n: int) -> str | None:
     return f"{answers[0]} [{n}]"
 
 
+@dataclass(frozen=True)
+class MixConfig:
+    """Which train questions make a domain's mix: every data set of the domain, each capped at `per_set`
+    questions (0 = all) so one big set does not drown the others' forms, and with `balance_labels` the
+    yes/no/maybe questions oversampled until each label is as frequent as the commonest (PubMedQA's train split
+    is 55% "yes": adapters trained on it pick "yes" for 80-98% of test questions, eval/reports/choice_study.md).
+    Abstain examples come from `negatives` (share shown only unrelated passages) and unanswerable rows."""
+
+    per_set: int = 1000
+    balance_labels: bool = True
+    negatives: float = 0.1
+
+    def __post_init__(self):
+        _check(_is_int(self.per_set) and self.per_set >= 0, "per_set must be an integer >= 0 (0 = all)",
+               self.per_set)
+        _check(isinstance(self.balance_labels, bool), "balance_labels must be True or False", self.balance_labels)
+        _check(_is_number(self.negatives) and 0 <= self.negatives < 1, "negatives must be in [0, 1)",
+               self.negatives)
+
+
+def closed_label(row: dict) -> str | None:
+    """The label of a yes/no/maybe question (what `balance_labels` evens out), else None."""
+    if row.get("answer_type") != AnswerType.YES_NO_MAYBE or not row.get("answer"):
+        return None
+    return str(row["answer"][0]).strip().lower()
+
+
+def mix_rows(rows: list[dict], mix: MixConfig, rng: random.Random) -> list[dict]:
+    """The train questions of the mix, shuffled: each data set capped, closed labels balanced by repeating
+    questions of the rarer labels (a repeat keeps its qid, so it lands on the same side of the dev split)."""
+    by_set: dict[str, list[dict]] = {}
+    for row in rows:
+        by_set.setdefault(row.get("data") or "", []).append(row)
+    mixed = []
+    for name in sorted(by_set):
+        chosen = list(by_set[name])
+        rng.shuffle(chosen)
+        if mix.per_set:
+            chosen = chosen[: mix.per_set]
+        if mix.balance_labels:
+            by_label: dict[str, list[dict]] = {}
+            for row in chosen:
+                label = closed_label(row)
+                if label is not None:
+                    by_label.setdefault(label, []).append(row)
+            if len(by_label) > 1:
+                most = max(len(group) for group in by_label.values())
+                for group in by_label.values():
+                    chosen.extend(group[i % len(group)] for i in range(most - len(group)))
+        mixed.extend(chosen)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def mix_summary(examples: list[dict]) -> dict:
+    """What a set of examples holds, for the manifest: examples per data set, per target label and form."""
+    from collections import Counter
+
+    return {"by_data": dict(Counter(e.get("data", "") for e in examples).most_common()),
+            "by_label": dict(Counter(e.get("label", "") for e in examples).most_common())}
+
+
 def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train", limit: int = 0,
-                   negatives: float = 0.1, seed: int = 0, budget_tokens: int = 900,
+                   mix: MixConfig | None = None, seed: int = 0, budget_tokens: int = 900,
                    rotate_options: bool = True, progress: bool = True) -> list[dict]:
     from tqdm.auto import tqdm
 
+    mix = mix or MixConfig()
+    negatives = mix.negatives
     rng = random.Random(seed)
     rows = [r for r in domain.qa_rows(split)
             if r.get("gold_doc_ids") or r.get("answer_type") == AnswerType.UNANSWERABLE]
-    rng.shuffle(rows)
+    rows.sort(key=lambda r: (r.get("data") or "", str(r.get("qid"))))
     if limit:
+        rng.shuffle(rows)
         rows = rows[:limit]
+    rows = mix_rows(rows, mix, rng)
     k = domain.k
     examples = []
     for row in tqdm(rows, desc=f"examples {domain.name}", disable=not progress):
@@ -104,7 +171,9 @@ def build_examples(domain: Domain, retriever, tokenizer, *, split: str = "train"
             cited = re.findall(r"\[(\d+)\]", shown_target)
             if cited and int(cited[-1]) > len(shown):  # the gold passage was trimmed away: skip
                 continue
-            examples.append({"qid": row["qid"], "messages": messages, "target": shown_target})
+            label = "abstain" if shown_target == IDK else (closed_label(row) or str(row.get("answer_type")))
+            examples.append({"qid": row["qid"], "messages": messages, "target": shown_target,
+                             "data": row.get("data", ""), "label": label})
     return examples
 
 
@@ -156,6 +225,12 @@ class TrainConfig:
     qlora: bool = False                  # frozen base in 4-bit NF4 (bitsandbytes, CUDA only); adapter stays plain LoRA
     target_modules: tuple[str, ...] | str = TARGET_MODULES  # modules that get LoRA (LoraConfig.target_modules)
     dropout: float = 0.05                # dropout on the LoRA input during training (LoraConfig.lora_dropout)
+    upper_layers: int = 0                # LoRA on the top N decoder layers only (LoraConfig.layers_to_transform);
+                                         # 0 = all. Backward then stops at the lowest adapted layer: the CPU recipe
+    bf16_autocast: bool = False          # CPU: run the forward and backward in bfloat16 (torch.autocast; the LoRA
+                                         # weights and optimizer stay float32); CUDA already trains in bf16
+    time_budget_s: float = 0.0           # stop planning steps past this many seconds of training (0 = no budget):
+                                         # the first step's time sets how many steps fit, the schedule follows
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):  # frozen: normalise a list to a tuple
@@ -189,6 +264,11 @@ class TrainConfig:
                                              or all(isinstance(m, str) and m for m in self.target_modules)),
                "target_modules must be module names (or one peft pattern string)", self.target_modules)
         _check(_is_number(self.dropout) and 0 <= self.dropout < 1, "dropout must be in [0, 1)", self.dropout)
+        _check(_is_int(self.upper_layers) and self.upper_layers >= 0, "upper_layers must be an integer >= 0 (0 = all)",
+               self.upper_layers)
+        _check(isinstance(self.bf16_autocast, bool), "bf16_autocast must be True or False", self.bf16_autocast)
+        _check(_is_number(self.time_budget_s) and self.time_budget_s >= 0, "time_budget_s must be >= 0 (0 = none)",
+               self.time_budget_s)
 
     def resolved(self) -> TrainConfig:
         """The same run with device, alpha and micro_batch decided (idempotent)."""
@@ -206,7 +286,8 @@ class TrainConfig:
         modules = c.target_modules if isinstance(c.target_modules, str) else list(c.target_modules)
         return {"rank": c.rank, "alpha": c.alpha, "rslora": c.rslora, "lr": c.lr, "batch_size": c.batch_size,
                 "micro_batch": c.micro_batch, "epochs": c.epochs, "max_steps": c.max_steps, "max_len": c.max_len,
-                "target_modules": modules, "dropout": c.dropout, "seed": c.seed, "qlora": c.qlora}
+                "target_modules": modules, "dropout": c.dropout, "seed": c.seed, "qlora": c.qlora,
+                "upper_layers": c.upper_layers, "bf16_autocast": c.bf16_autocast, "time_budget_s": c.time_budget_s}
 
 
 def _is_int(value) -> bool:
@@ -262,23 +343,40 @@ def encode_examples(examples: list[dict], tokenizer, max_len: int) -> list[tuple
     return [encode_example(e, tokenizer, max_len, end_of_turn) for e in examples]
 
 
-def split_dev(data: list, dev_fraction: float, rng: random.Random) -> tuple[list, list]:
-    """(train, dev) after a seeded shuffle; no dev set for 10 examples or fewer, else at least one."""
-    rng.shuffle(data)
-    n_dev = max(1, int(len(data) * dev_fraction)) if len(data) > 10 else 0
-    return data[n_dev:], data[:n_dev]
+def split_dev(data: list, dev_fraction: float, rng: random.Random,
+              groups: list | None = None) -> tuple[list, list]:
+    """(train, dev) after a seeded shuffle; no dev set for 10 examples or fewer, else at least one. With `groups`
+    (one key per item, e.g. the question id) a group stays on one side: a question's option orders and the repeats
+    of label balancing would otherwise grade the dev loss on questions it trained on."""
+    if groups is None:
+        rng.shuffle(data)
+        n_dev = max(1, int(len(data) * dev_fraction)) if len(data) > 10 else 0
+        return data[n_dev:], data[:n_dev]
+    keys = sorted(set(groups), key=str)
+    rng.shuffle(keys)
+    n_dev = max(1, int(len(keys) * dev_fraction)) if len(data) > 10 and len(keys) > 1 else 0
+    dev_keys = set(keys[:n_dev])
+    order = list(range(len(data)))
+    rng.shuffle(order)
+    return ([data[i] for i in order if groups[i] not in dev_keys],
+            [data[i] for i in order if groups[i] in dev_keys])
 
 
 # --- 4. Model -----------------------------------------------------------------------------------------------------
 
-def lora_config(config: TrainConfig):
-    """peft's LoraConfig for the run."""
+def lora_config(config: TrainConfig, num_layers: int | None = None):
+    """peft's LoraConfig for the run (`num_layers`: the base's decoder layers, needed with upper_layers)."""
     from peft import LoraConfig
 
     c = config.resolved()
     modules = c.target_modules if isinstance(c.target_modules, str) else list(c.target_modules)
+    layers = None
+    if c.upper_layers:
+        if not num_layers:
+            raise InputError("upper_layers needs the base model's number of layers")
+        layers = list(range(max(0, num_layers - c.upper_layers), num_layers))
     return LoraConfig(r=c.rank, lora_alpha=c.alpha, target_modules=modules, lora_dropout=c.dropout,
-                      use_rslora=c.rslora, task_type="CAUSAL_LM")
+                      use_rslora=c.rslora, task_type="CAUSAL_LM", layers_to_transform=layers)
 
 
 def load_model(base_model: str | Path, config: TrainConfig):
@@ -298,7 +396,7 @@ def load_model(base_model: str | Path, config: TrainConfig):
         dtype = torch.bfloat16 if config.device == "cuda" else torch.float32
         model = AutoModelForCausalLM.from_pretrained(str(base_model), dtype=dtype)
         model.to(config.device)
-    return get_peft_model(model, lora_config(config)), tokenizer
+    return get_peft_model(model, lora_config(config, model.config.num_hidden_layers)), tokenizer
 
 
 def _check_qlora(device: str) -> None:
@@ -326,10 +424,12 @@ def _load_4bit(base_model: str | Path):
 @dataclass
 class FitResult:
     steps: int                      # optimizer steps taken (fewer than planned when early stopping hit)
-    history: dict = field(default_factory=lambda: {"train_loss": [], "dev_loss": []})  # per step; (step, dev loss)
+    # per step: train loss and seconds; (step, dev loss) at each evaluation
+    history: dict = field(default_factory=lambda: {"train_loss": [], "dev_loss": [], "step_s": []})
     dev_first: float | None = None  # dev loss before training (None without a dev set)
     dev_best: float | None = None   # best dev loss seen; the model holds that state
     wall_time_s: float = 0.0
+    planned_steps: int = 0          # steps the run planned after its first (a time budget can lower it)
 
     def loss(self) -> dict:
         """The manifest's "loss" block."""
@@ -352,6 +452,15 @@ def collate(items: list[tuple[list[int], list[int]]], pad_id: int, device: str):
     return ids.to(device), labels.to(device), mask.to(device)
 
 
+def _autocast(config: TrainConfig):
+    """bfloat16 compute on the CPU when the config asks for it (CUDA runs hold the base in bf16 already)."""
+    import torch
+
+    if config.bf16_autocast and config.device == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def dev_loss(model, dev: list, config: TrainConfig, pad_id: int) -> float | None:
     """Mean of the micro-batches' mean token losses over the dev set (eval mode, no grad); None without one."""
     import torch
@@ -360,7 +469,7 @@ def dev_loss(model, dev: list, config: TrainConfig, pad_id: int) -> float | None
         return None
     model.eval()
     losses = []
-    with torch.no_grad():
+    with torch.no_grad(), _autocast(config):
         for i in range(0, len(dev), config.micro_batch):
             ids, labels, mask = collate(dev[i:i + config.micro_batch], pad_id, config.device)
             losses.append(model(input_ids=ids, attention_mask=mask, labels=labels).loss.item())
@@ -385,6 +494,7 @@ def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Rando
     optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr, weight_decay=0.0)
     # linear warm-up over the first 10 steps, then linear decay to 0 at the last step
     sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda s: min(1.0, (s + 1) / 10) * max(0.0, 1 - s / total))
+    # (the lambda reads `total` when called: a time budget that shortens the run after step 1 shortens the decay)
 
     started = time.time()
     result = FitResult(steps=0)
@@ -403,11 +513,13 @@ def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Rando
             rng.shuffle(order)
         idx, order = order[:batch_size], order[batch_size:]
         batch_loss = 0.0
+        step_started = time.time()
         for j in range(0, len(idx), micro):
             part = idx[j:j + micro]
             ids, labels, mask = collate([train[i] for i in part], pad_id, config.device)
             # each micro-batch's mean token loss, weighted by its share of the batch's examples
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (len(part) / len(idx))
+            with _autocast(config):
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * (len(part) / len(idx))
             loss.backward()
             batch_loss += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -416,6 +528,14 @@ def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Rando
         optim.zero_grad()
         step += 1
         history["train_loss"].append(round(batch_loss, 4))
+        history["step_s"].append(round(time.time() - step_started, 2))
+        if step == min(2, total):  # the first step holds one-off set-up (kernels, allocator): time the second
+            total = _plan_steps(total, step, history["step_s"], time.time() - started, config,
+                                bar if progress else None)
+            bar.total = total
+            result.planned_steps = total
+        elif config.time_budget_s and time.time() - started > config.time_budget_s:
+            total = step  # over the budget (dev evaluations take time too): this step is the last, evaluated
         bar.update(1)
         bar.set_postfix(loss=f"{batch_loss:.3f}")
         if dev and (step % config.eval_every == 0 or step == total):
@@ -436,6 +556,30 @@ def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Rando
     result.dev_best = None if best == float("inf") else round(best, 4)
     result.wall_time_s = round(time.time() - started, 1)
     return result
+
+
+def _plan_steps(total: int, done: int, step_s: list[float], elapsed_s: float, config: TrainConfig, bar) -> int:
+    """After the first steps: how many steps the run takes (the time budget's cap), said with the expected time
+    and memory before the rest of the run. The last step's time is the estimate (the first holds set-up)."""
+    per_step = max(step_s[-1], 1e-3)
+    planned = total
+    if config.time_budget_s:
+        planned = max(done, min(total, done + int((config.time_budget_s - elapsed_s) / per_step)))
+    if bar is not None:
+        note = f" (time budget {config.time_budget_s:.0f} s: {planned} of {total} steps)" if planned < total else ""
+        bar.write(f"steps took {', '.join(f'{t:.1f}' for t in step_s)} s: ~{(planned - done) * per_step / 60:.1f} "
+                  f"min more for {planned} steps{note}; peak memory so far {_peak_rss_gb(config.device):.1f} GB")
+    return planned
+
+
+def _peak_rss_gb(device: str) -> float:
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
 
 
 # --- 6. Save ------------------------------------------------------------------------------------------------------
@@ -485,9 +629,10 @@ def hardware(device: str) -> dict:
 # --- The recipe ---------------------------------------------------------------------------------------------------
 
 def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | Path, config: TrainConfig | None = None,
-                  *, base_model_sha256: str, domain: str, progress: bool = True) -> dict:
+                  *, base_model_sha256: str, domain: str, mix: dict | None = None, progress: bool = True) -> dict:
     """Train a domain's LoRA adapter on `examples` (from `build_examples`) and write it with its manifest to
-    `out_dir`; returns the manifest. `config`: TrainConfig() when None."""
+    `out_dir`; returns the manifest. `config`: TrainConfig() when None; `mix`: the MixConfig the examples were
+    built with (its fields, recorded with what the examples hold)."""
     import torch
 
     if not examples:
@@ -496,14 +641,22 @@ def train_adapter(examples: list[dict], base_model: str | Path, out_dir: str | P
     torch.manual_seed(config.seed)        # LoRA init and dropout
     rng = random.Random(config.seed)      # the dev split, then the step order
     model, tokenizer = load_model(base_model, config)
-    data = encode_examples(examples, tokenizer, config.max_len)
-    train, dev = split_dev(data, config.dev_fraction, rng)
+    encoded = encode_examples(examples, tokenizer, config.max_len)
+    kept = [i for i, (_, labels) in enumerate(encoded) if any(t != -100 for t in labels)]
+    if not kept:  # a loss over no tokens is NaN: say why instead
+        longest = max(len(ids) for ids, _ in encoded)
+        raise InputError(f"max_len {config.max_len} cuts every example before its answer (prompts run to {longest} "
+                         f"tokens): raise max_len, or export the examples with shorter passages")
+    data = [encoded[i] for i in kept]
+    train, dev = split_dev(data, config.dev_fraction, rng, groups=[examples[i].get("qid") for i in kept])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = fit(model, train, dev, config, rng=rng, pad_id=pad_id, progress=progress, desc=f"train {domain}")
     return save_adapter(model, out_dir, {
         "domain": domain, "base_model_sha256": base_model_sha256,
         "training_data_sha256": hashlib.sha256(json.dumps(examples, sort_keys=True).encode()).hexdigest(),
         "examples": len(examples), "train_examples": len(train), "dev_examples": len(dev),
+        "examples_cut_before_answer": len(examples) - len(kept),
         "hyperparameters": config.to_manifest(), "steps": result.steps, "wall_time_s": result.wall_time_s,
         "hardware": hardware(config.device), "loss": result.loss(), "history": result.history, "eval": {},
+        "training_mix": (mix or {}) | mix_summary(examples),
     })

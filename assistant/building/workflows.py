@@ -8,6 +8,7 @@ through the `assistant.evaluators` entry point (pyproject.toml), found by `load_
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from assistant.domains import Domain, domain_roots, get_domain, list_domains, lo
 from assistant.errors import AssistantError, ConfigError, InputError, ScaffoldError
 
 Progress = Callable[[str], None]
+MIX_SUFFIX = ".mix.json"  # beside an exported examples file: the MixConfig it was built with
 
 
 def _quiet(_msg: str) -> None:
@@ -45,18 +47,22 @@ def open_store_and_embedder(settings: Settings, progress: Progress = _quiet):
 
 def train_domain(domain: str | Domain, settings: Settings | None = None, config=None, *, out: str | Path | None = None,
                  data_file: str | Path | None = None, export_data: str | Path | None = None, limit: int = 0,
-                 seed: int = 0, progress: Progress = _quiet) -> dict:
+                 seed: int = 0, mix=None, progress: Progress = _quiet) -> dict:
     """Build the domain's training examples (or read exported ones) and train its adapter. Returns the
     adapter manifest, or `{"exported": N, "path": ...}` when `export_data` is given."""
-    from assistant.building.training import TrainConfig, build_examples, train_adapter
+    from assistant.building.training import MixConfig, TrainConfig, build_examples, train_adapter
     from assistant.serving.models import prepare_base_model
 
     settings = settings or Settings.load()
     dom = domain if isinstance(domain, Domain) else get_domain(domain, settings)
     config = config or TrainConfig(seed=seed)
+    mix = mix or MixConfig()
     base_model, base_sha = prepare_base_model(settings, progress=progress)
+    mix_fields = dataclasses.asdict(mix)
     if data_file:
         examples = [json.loads(line) for line in open(data_file, encoding="utf-8") if line.strip()]
+        sidecar = Path(str(data_file) + MIX_SUFFIX)   # how an exported file was mixed, written beside it
+        mix_fields = json.loads(sidecar.read_text()) if sidecar.is_file() else {"source": str(data_file)}
     else:
         from transformers import AutoTokenizer
 
@@ -69,15 +75,16 @@ def train_domain(domain: str | Domain, settings: Settings | None = None, config=
                 index_domain(dom, store, embedder)
             tokenizer = AutoTokenizer.from_pretrained(str(base_model))
             retriever = Retriever(store, embedder, max_query_chars=settings.max_question_chars)
-            examples = build_examples(dom, retriever, tokenizer, limit=limit, seed=config.seed)
+            examples = build_examples(dom, retriever, tokenizer, limit=limit, mix=mix, seed=config.seed)
         finally:
             store.close()
     if export_data:
         with open(export_data, "w", encoding="utf-8") as fh:
             fh.writelines(json.dumps(e) + "\n" for e in examples)
+        Path(str(export_data) + MIX_SUFFIX).write_text(json.dumps(mix_fields | {"limit": limit, "seed": config.seed}))
         return {"exported": len(examples), "path": str(export_data)}
     return train_adapter(examples, base_model, out or dom.adapter_path, config, base_model_sha256=base_sha,
-                         domain=dom.name)
+                         domain=dom.name, mix=mix_fields)
 
 
 def tune_retrieval(domain: str | Domain, settings: Settings | None = None, config=None, *,

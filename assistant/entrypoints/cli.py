@@ -267,19 +267,35 @@ def _print_answer(pieces, as_json: bool) -> None:
 @click.option("--out", type=click.Path(), default=None, help="Adapter directory (default: the domain's adapter/).")
 @click.option("--export-data", type=click.Path(), default=None, help="Only write the examples (JSONL) and stop.")
 @click.option("--data", "data_file", type=click.Path(exists=True), default=None, help="Train on exported examples.")
+@click.option("--per-set", default=1000, show_default=True, type=click.IntRange(min=0),
+              help="Train questions per data set of the domain (0 = all), so one big set does not drown the others.")
+@click.option("--balance/--no-balance", default=True, show_default=True,
+              help="Repeat yes/no/maybe questions of the rarer labels until every label is as frequent.")
+@click.option("--negatives", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share of abstain examples (shown only unrelated passages, target \"I don't know ...\").")
+@click.option("--upper-layers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="LoRA on the top N decoder layers only (0 = all): backward stops there, faster on a CPU.")
+@click.option("--bf16-autocast", is_flag=True, help="CPU: compute in bfloat16 (LoRA weights stay float32).")
+@click.option("--max-len", default=1024, show_default=True, type=click.IntRange(min=16),
+              help="Tokens per example (prompt + answer); longer ones are cut.")
+@click.option("--time-budget", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="Seconds of training at most (0 = none): the first step's time sets how many steps fit.")
 def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size, micro_batch, limit, seed, out,
-          export_data, data_file):
+          export_data, data_file, per_set, balance, negatives, upper_layers, bf16_autocast, max_len, time_budget):
     """Train the domain's LoRA adapter on its train split, in the run-time prompt format."""
-    from assistant.building.training import TrainConfig
+    from assistant.building.training import MixConfig, TrainConfig
     from assistant.building.workflows import train_domain
 
     try:
         config = TrainConfig(rank=rank, alpha=alpha, rslora=rslora, qlora=qlora, epochs=epochs, max_steps=max_steps,
-                             lr=lr, batch_size=batch_size, micro_batch=micro_batch, seed=seed)
+                             lr=lr, batch_size=batch_size, micro_batch=micro_batch, seed=seed,
+                             upper_layers=upper_layers, bf16_autocast=bf16_autocast, max_len=max_len,
+                             time_budget_s=time_budget)
+        mix = MixConfig(per_set=per_set, balance_labels=balance, negatives=negatives)
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     result = train_domain(domain, Settings.load(), config, out=out, data_file=data_file, export_data=export_data,
-                          limit=limit, progress=echo_err)
+                          limit=limit, mix=mix, progress=echo_err)
     if "exported" in result:
         click.echo(f"{domain}: wrote {result['exported']} examples to {result['path']}")
         return
@@ -334,9 +350,12 @@ def calibrate(domain, n):
 @click.option("--eval", "do_eval", is_flag=True, help="Then score base/+RAG/+LoRA/+RAG+LoRA (implies --train).")
 @click.option("--epochs", default=2.0, show_default=True, type=float, help="With --train.")
 @click.option("--max-steps", default=0, type=int, help="With --train: stop after N steps (0 = by epochs).")
+@click.option("--time-budget", default=0.0, show_default=True, type=click.FloatRange(min=0),
+              help="With --train: seconds of training at most (0 = none); the first steps' times set the steps.")
 @click.option("--eval-limit", type=click.IntRange(min=1), default=None,
               help="With --eval: a seeded sample of N questions.")
-def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epochs, max_steps, eval_limit):
+def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epochs, max_steps, time_budget,
+               eval_limit):
     """Scaffold a domain package from documents and index it; optionally synthesise training Q&A, train the
     adapter, calibrate the gate and evaluate: one command from a folder of documents to a trained, scored domain."""
     from assistant.building.training import TrainConfig
@@ -347,8 +366,9 @@ def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epoc
         require_training_questions(do_train or do_eval, qa, synthetic)
     except InputError as exc:  # a missing option: click's usage error (exit 2)
         raise click.UsageError(str(exc)) from exc
+    config = TrainConfig(epochs=epochs, max_steps=max_steps, time_budget_s=time_budget)
     report = run(name, corpus, Settings.load(), qa=qa, synthetic=synthetic, description=description,
-                 train=do_train, evaluate=do_eval, train_config=TrainConfig(epochs=epochs, max_steps=max_steps),
+                 train=do_train, evaluate=do_eval, train_config=config,
                  eval_limit=eval_limit, progress=click.echo)
     if report.skipped:
         echo_err(f"{len(report.skipped)} file(s) skipped (listed above); the other {report.documents} were indexed")
