@@ -86,17 +86,17 @@ def test_the_training_mix_caps_each_data_set_and_balances_yes_no_maybe(platform)
 
     dom = platform.domains["healthcare"]  # PubMedQA (55% "yes" in train) + MedQuAD's long answers
     rows = dom.qa_rows("train")
-    mixed = mix_rows(rows, MixConfig(per_set=120), random.Random(0))
+    mixed = mix_rows(rows, MixConfig(per_set=120, balance_labels=True), random.Random(0))
     sets = Counter(r["data"] for r in mixed)
     assert sets["medquad"] == 120 and sets["pubmedqa_pqal"] > 120  # capped, then the rarer labels repeated
     labels = Counter(r["answer"][0] for r in mixed if r["data"] == "pubmedqa_pqal")
     assert len(labels) == 3 and len(set(labels.values())) == 1, labels
-    plain = Counter(r["answer"][0] for r in mix_rows(rows, MixConfig(per_set=120, balance_labels=False),
-                                                     random.Random(0)) if r["data"] == "pubmedqa_pqal")
+    plain = Counter(r["answer"][0] for r in mix_rows(rows, MixConfig(per_set=120), random.Random(0))
+                    if r["data"] == "pubmedqa_pqal")  # the default keeps the split's shares
     assert plain["yes"] > plain["maybe"] and sum(plain.values()) == 120
 
-    examples = build_examples(dom, platform.retriever, platform.engine.tokenizer, mix=MixConfig(per_set=15),
-                              progress=False)
+    examples = build_examples(dom, platform.retriever, platform.engine.tokenizer,
+                              mix=MixConfig(per_set=15, balance_labels=True), progress=False)
     assert {e["data"] for e in examples} == {"medquad", "pubmedqa_pqal"}
     assert {"yes", "no", "maybe"} <= {e["label"] for e in examples}
     assert all(e["label"] == "abstain" for e in examples if e["target"].startswith("I don't know"))

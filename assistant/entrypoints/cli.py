@@ -269,8 +269,9 @@ def _print_answer(pieces, as_json: bool) -> None:
 @click.option("--data", "data_file", type=click.Path(exists=True), default=None, help="Train on exported examples.")
 @click.option("--per-set", default=1000, show_default=True, type=click.IntRange(min=0),
               help="Train questions per data set of the domain (0 = all), so one big set does not drown the others.")
-@click.option("--balance/--no-balance", default=True, show_default=True,
-              help="Repeat yes/no/maybe questions of the rarer labels until every label is as frequent.")
+@click.option("--balance/--no-balance", default=False, show_default=True,
+              help="Repeat yes/no/maybe questions of the rarer labels until every label is as frequent (off: "
+                   "on PubMedQA it lowered accuracy, eval/reports/mix_study.md).")
 @click.option("--negatives", default=0.1, show_default=True, type=click.FloatRange(0, 1, max_open=True),
               help="Share of abstain examples (shown only unrelated passages, target \"I don't know ...\").")
 @click.option("--upper-layers", default=0, show_default=True, type=click.IntRange(min=0),
