@@ -215,7 +215,9 @@ def test_train_config_defaults_resolution_and_manifest_block():
     assert TrainConfig(device="cpu", batch_size=4, micro_batch=16).resolved().micro_batch == 4
     block = TrainConfig(device="cpu", alpha=32, target_modules=["q_proj", "v_proj"]).to_manifest()
     assert list(block) == ["rank", "alpha", "rslora", "lr", "batch_size", "micro_batch", "epochs", "max_steps",
-                           "max_len", "target_modules", "dropout", "seed", "qlora"]
+                           "max_len", "target_modules", "dropout", "seed", "qlora", "upper_layers", "bf16_autocast",
+                           "time_budget_s"]
+    assert (config.upper_layers, config.bf16_autocast, config.time_budget_s) == (0, False, 0.0)
     assert block["alpha"] == 32 and block["target_modules"] == ["q_proj", "v_proj"] and block["micro_batch"] == 2
     with pytest.raises(AttributeError):
         config.rank = 16  # frozen: a run's config does not change under it
@@ -228,7 +230,8 @@ def test_train_config_defaults_resolution_and_manifest_block():
     ({"epochs": 0, "max_steps": 0}, "epochs or max_steps"), ({"max_steps": -1}, "max_steps"),
     ({"max_len": 0}, "max_len"), ({"patience": 0}, "patience"), ({"eval_every": 0}, "eval_every"),
     ({"device": "tpu"}, "device"), ({"dropout": 1.0}, "dropout"), ({"target_modules": []}, "target_modules"),
-    ({"qlora": "yes"}, "qlora"),
+    ({"qlora": "yes"}, "qlora"), ({"upper_layers": -1}, "upper_layers"), ({"bf16_autocast": 1}, "bf16_autocast"),
+    ({"time_budget_s": -5}, "time_budget_s"),
 ])
 def test_train_config_refuses_bad_values(bad, field):
     with pytest.raises(ValueError, match=f"TrainConfig: {field}"):
@@ -288,7 +291,9 @@ def test_tiny_training_run_writes_a_verifiable_manifest(prepared, tmp_path):
                              base_model_sha256=prepared.base_model_sha256, domain="manufacturing", progress=False)
     assert set(manifest) == {"domain", "version", "base_model_sha256", "training_data_sha256", "examples",
                              "train_examples", "dev_examples", "hyperparameters", "steps", "wall_time_s", "hardware",
-                             "loss", "history", "eval", "weights_sha256", "weights_dtype"}
+                             "loss", "history", "eval", "weights_sha256", "weights_dtype",
+                             "examples_cut_before_answer", "training_mix"}
+    assert manifest["examples_cut_before_answer"] == 0 and manifest["training_mix"]["by_label"] == {"": 3}
     weights = hashlib.sha256((out / "adapter_model.safetensors").read_bytes()).hexdigest()
     assert manifest["weights_sha256"] == {"adapter_model.safetensors": weights}
     assert manifest["weights_dtype"] == "bfloat16"  # stored as the engines serve it

@@ -79,10 +79,11 @@ class MixConfig:
 
     def __post_init__(self):
         _check(_is_int(self.per_set) and self.per_set >= 0, "per_set must be an integer >= 0 (0 = all)",
-               self.per_set)
-        _check(isinstance(self.balance_labels, bool), "balance_labels must be True or False", self.balance_labels)
+               self.per_set, "MixConfig")
+        _check(isinstance(self.balance_labels, bool), "balance_labels must be True or False", self.balance_labels,
+               "MixConfig")
         _check(_is_number(self.negatives) and 0 <= self.negatives < 1, "negatives must be in [0, 1)",
-               self.negatives)
+               self.negatives, "MixConfig")
 
 
 def closed_label(row: dict) -> str | None:
@@ -299,9 +300,9 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check(ok: bool, message: str, value) -> None:
+def _check(ok: bool, message: str, value, owner: str = "TrainConfig") -> None:
     if not ok:
-        raise InputError(f"TrainConfig: {message}, got {value!r}")
+        raise InputError(f"{owner}: {message}, got {value!r}")
 
 
 # --- 3. Encoding --------------------------------------------------------------------------------------------------
