@@ -27,9 +27,8 @@ VARIANTS = {  # name -> TrainConfig fields (besides batch 8 and the step count)
 
 def one(data: Path, fields: dict, steps: int, n: int) -> dict:
     import random
-    import resource
 
-    from assistant.building.training import TrainConfig, train_adapter
+    from assistant.building.training import TrainConfig, peak_memory_gb, train_adapter
     from assistant.config import Settings
     from assistant.serving.models import prepare_base_model
 
@@ -45,7 +44,7 @@ def one(data: Path, fields: dict, steps: int, n: int) -> dict:
     return {"fields": fields, "steps": len(step_s), "first_step_s": step_s[0],
             "median_step_s": statistics.median(step_s[1:] or step_s), "step_s": step_s,
             "train_loss": manifest["history"]["train_loss"], "wall_s": round(time.time() - started, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
+            "peak_rss_gb": round(peak_memory_gb("cpu"), 2)}
 
 
 def main() -> None:

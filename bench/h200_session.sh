@@ -12,8 +12,8 @@
 #   wait S          print the bench log for up to S seconds; copy results and stack dumps to $OUT
 #   train-mixes     no vLLM: parts hold model/, data/<domain>.jsonl.gz (`assistant train D --export-data`, the
 #                   verticals' mixes) and bnb/ (bitsandbytes, CUDA 13 libraries only); trains healthcare, retail,
-#                   finance and legal on their mixes plus healthcare once with --qlora, in parallel, in the background
-#   mixes-wait S    wait up to S seconds for them; adapters (bf16) tarred into $OUT
+#                   finance and legal on their mixes plus healthcare once with --qlora, in parallel, in the background;
+#                   then `wait S` waits up to S seconds for them and tars the adapters (bf16) and logs into $OUT
 set -uo pipefail
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -64,8 +64,6 @@ for step in "$@"; do
       RUN=healthcare-qlora run healthcare --data /tmp/gb/data/healthcare.jsonl --epochs 3 --qlora \
         --out /tmp/mixes/healthcare-qlora
       sleep 60; tail -n 3 /tmp/mixes/*.log; nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv ;;
-    mixes-wait)
-      : ;;
     bench-start)
       mkdir -p /tmp/bench
       setsid nohup python3 -m bench.gpu_lora --out /tmp/bench ${BENCH_ARGS:-} > /tmp/bench/log 2>&1 < /dev/null &

@@ -1,9 +1,11 @@
 """Mix study: each vertical's adapter retrained on its mix (`assistant train`'s MixConfig: every data set capped,
-yes/no/maybe balanced, abstain examples) against the shipped adapter, +RAG+LoRA on the same seeded questions.
+abstain examples, yes/no/maybe balanced with --balance) against the shipped adapter, +RAG+LoRA on the same seeded
+questions.
 
 Both runs come from `assistant eval D --limit 300 --conditions rag+lora [--adapter DIR] --json FILE`; this reads
 their answer caches (eval/runner.py), scores each question again and runs the paired test (new - shipped), and
-carries each run's own test against the strongest trivial baseline. Writes mix_study.{json,md}.
+carries each run's own test against the strongest trivial baseline. Writes mix_study.{json,md}; the sections of an
+existing mix_study.md from its first "## " heading on (the written findings) are kept under the new table.
 
 usage: python -m eval.mix_study --results DIR [--domains healthcare,retail,finance] [--variant mix]
        (DIR holds <domain>-<variant>.json and <domain>-shipped.json)
@@ -71,7 +73,9 @@ def write(rows: list[dict], out: Path) -> None:
                      f"{r['shipped_ci95']} | {r['new_score']:.3f} {r['new_ci95']} | {c['diff']:+.3f} "
                      f"{c['ci95']}, p {c['p_value']} | {base} | {r['shipped_abstain_rate']:.2f} -> "
                      f"{r['new_abstain_rate']:.2f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    md = out.with_suffix(".md")
+    kept = md.read_text().partition("\n## ") if md.is_file() else ("", "", "")
+    md.write_text("\n".join(lines) + "\n" + (f"\n## {kept[2]}" if kept[1] else ""))
 
 
 def main(argv=None):

@@ -232,7 +232,7 @@ class TrainConfig:
     bf16_autocast: bool = False          # CPU: run the forward and backward in bfloat16 (torch.autocast; the LoRA
                                          # weights and optimizer stay float32); CUDA already trains in bf16
     time_budget_s: float = 0.0           # stop planning steps past this many seconds of training (0 = no budget):
-                                         # the first step's time sets how many steps fit, the schedule follows
+                                         # the second step's time sets how many steps fit, the schedule follows
 
     def __post_init__(self):
         if isinstance(self.target_modules, list):  # frozen: normalise a list to a tuple
@@ -431,7 +431,6 @@ class FitResult:
     dev_first: float | None = None  # dev loss before training (None without a dev set)
     dev_best: float | None = None   # best dev loss seen; the model holds that state
     wall_time_s: float = 0.0
-    planned_steps: int = 0          # steps the run planned after its first (a time budget can lower it)
 
     def loss(self) -> dict:
         """The manifest's "loss" block."""
@@ -535,7 +534,6 @@ def fit(model, train: list, dev: list, config: TrainConfig, *, rng: random.Rando
             total = _plan_steps(total, step, history["step_s"], time.time() - started, config,
                                 bar if progress else None)
             bar.total = total
-            result.planned_steps = total
         elif config.time_budget_s and time.time() - started > config.time_budget_s:
             total = step  # over the budget (dev evaluations take time too): this step is the last, evaluated
         bar.update(1)
@@ -570,11 +568,12 @@ def _plan_steps(total: int, done: int, step_s: list[float], elapsed_s: float, co
     if bar is not None:
         note = f" (time budget {config.time_budget_s:.0f} s: {planned} of {total} steps)" if planned < total else ""
         bar.write(f"steps took {', '.join(f'{t:.1f}' for t in step_s)} s: ~{(planned - done) * per_step / 60:.1f} "
-                  f"min more for {planned} steps{note}; peak memory so far {_peak_rss_gb(config.device):.1f} GB")
+                  f"min more for {planned} steps{note}; peak memory so far {peak_memory_gb(config.device):.1f} GB")
     return planned
 
 
-def _peak_rss_gb(device: str) -> float:
+def peak_memory_gb(device: str) -> float:
+    """This process's peak memory: CUDA allocations on a GPU, resident set size on the CPU."""
     import resource
 
     import torch

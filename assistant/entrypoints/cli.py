@@ -280,7 +280,7 @@ def _print_answer(pieces, as_json: bool) -> None:
 @click.option("--max-len", default=1024, show_default=True, type=click.IntRange(min=16),
               help="Tokens per example (prompt + answer); longer ones are cut.")
 @click.option("--time-budget", default=0.0, show_default=True, type=click.FloatRange(min=0),
-              help="Seconds of training at most (0 = none): the first step's time sets how many steps fit.")
+              help="Seconds of training at most (0 = none): the second step's time sets how many steps fit.")
 def train(domain, rank, alpha, rslora, qlora, epochs, max_steps, lr, batch_size, micro_batch, limit, seed, out,
           export_data, data_file, per_set, balance, negatives, upper_layers, bf16_autocast, max_len, time_budget):
     """Train the domain's LoRA adapter on its train split, in the run-time prompt format."""
