@@ -54,6 +54,10 @@ class Settings:
     # A local Hugging Face model directory; empty = the packaged SmolLM2 prepared by `assistant setup`.
     base_model: str = ""
     embed_model: str = ""
+    # How documents and untuned queries are embedded: "openvino" (the IR `assistant setup` exports; 2-3x torch
+    # here, bench/embedding.py) or "torch" (sentence-transformers as loaded). Query encoders always run on torch.
+    embed_runtime: str = "openvino"
+    embed_precision: str = "auto"  # openvino only: "auto" (bf16 on CPUs with AMX/AVX512-BF16, else f32), "f32", "bf16"
     # Engine: empty = in-process vLLM; a URL = a remote vLLM OpenAI server started with --enable-lora.
     vllm_url: str = ""
     vllm_api_key: str = ""
@@ -66,6 +70,9 @@ class Settings:
     kv_cache_gib: int = 2  # CPU only: VLLM_CPU_KVCACHE_SPACE
     gpu_memory_utilization: float = 0.85
     enforce_eager: bool = True
+    # Answers that do not depend on what else is in the batch (assistant/serving/vllm_plugin.py): fixed-tile GEMMs
+    # on CPU, vLLM's batch-invariant kernels on CUDA; no chunked prefill. Costs speed (README, Operations).
+    batch_invariant: bool = False
     # Store: empty = embedded Qdrant engine under data_dir; a URL = Qdrant server/cluster.
     qdrant_url: str = ""
     qdrant_api_key: str = ""

@@ -91,7 +91,6 @@ class Platform:
         the engine, register adapters."""
         from assistant.building.indexer import index_domain
         from assistant.serving.models import prepare
-        from indexing.embedder import Embedder
         from indexing.store import open_store
 
         configure_environment()
@@ -105,7 +104,7 @@ class Platform:
         store = open_store(settings)
         try:
             store.claim(list(loaded))  # before the engine: a second process fails in a second, naming the holder
-            embedder = Embedder(prepared.embed_model)
+            embedder = prepared.open_embedder(settings)
             embedder.embed_query("warm-up")  # first call pays one-off set-up; not the user's first question
             for dom in loaded.values():
                 if not store.has_collection(dom.name):

@@ -31,14 +31,13 @@ def main(argv=None) -> None:
     from assistant.config import Settings
     from assistant.domains import get_domain
     from assistant.platform import Platform
-    from assistant.serving.models import embed_model_sha256, prepare_embedder
+    from assistant.serving.models import embed_model_sha256, open_embedder
     from indexing.documents import read_corpus_jsonl
-    from indexing.embedder import Embedder
     from indexing.store import open_store
 
     settings = Settings.load()
     domain = get_domain("finance", settings)
-    platform = Platform(settings, None, open_store(settings), Embedder(prepare_embedder(settings)),
+    platform = Platform(settings, None, open_store(settings), open_embedder(settings),
                         {"finance": domain}, owns_engine=False)
     platform.load_query_encoder(domain, embed_model_sha256(settings))
     docs = {d.doc_id: d for src in domain.data for d in read_corpus_jsonl(src.corpus).documents}

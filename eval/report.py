@@ -43,6 +43,10 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+ENGINE_MODES = {True: "batch-invariant (each answer as it would be alone)",
+                False: "batched (an answer may depend on its batch neighbours)"}
+
+
 def markdown(result: dict, command: str) -> str:
     d, metric = result, result["primary_metric"]
     sample = (f"a seeded random sample of {d['n']} of the split's {d['n_split']} questions (`--limit {d['limit']}`)"
@@ -51,6 +55,8 @@ def markdown(result: dict, command: str) -> str:
              f"- Command: `{command}`",
              f"- Model: {d['model']}; adapter: `{d['adapter']}`",
              f"- Questions: {sample}, split `{d['split']}`",
+             f"- Engine: {ENGINE_MODES[bool(d.get('batch_invariant'))]}; embedder runtime "
+             f"`{d.get('embed_runtime', 'torch-fp32')}`",
              f"- Primary metric: **{metric}**; CIs are 95% percentile bootstrap; the paired test is a permutation "
              "test on per-question scores", ""]
     names = [k for k in next(iter(d["answers"].values())) if k not in ("ci95", "by_answer_type")]

@@ -7,8 +7,12 @@ A domain with a tuned query encoder (its package's, or `--query-encoder DOMAIN=D
 gets "tuned" dense and hybrid rows too, with a paired test of recall@5 against the base embedder's, and the
 query encode time of each.
 
+The embedder runs as the settings say (ASSISTANT_EMBED_RUNTIME, recorded in the report). `--against FILE`
+compares this run's recall@5 per question with another run's JSON written with `--per-question` (e.g. the
+torch runtime against OpenVINO's, each in its own data directory so each builds its own index).
+
 usage: python -m eval.retrieval_table [--domains a,b] [--limit N] [--no-baseline] [--query-encoder d=DIR]
-                                      [--out eval/reports/retrieval]
+                                      [--per-question] [--against FILE] [--out eval/reports/retrieval]
 """
 from __future__ import annotations
 
@@ -115,21 +119,23 @@ def main(argv=None) -> None:
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--query-encoder", action="append", default=[], metavar="DOMAIN=DIR",
                         help="score this query encoder for DOMAIN instead of its package's")
+    parser.add_argument("--per-question", action="store_true", help="keep each question's recall@5 in the JSON")
+    parser.add_argument("--against", help="a --per-question JSON of another run: paired recall@5 tests against it")
     parser.add_argument("--out", default=str(ROOT / "eval" / "reports" / "retrieval"))
     args = parser.parse_args(argv)
+    reference = json.loads(Path(args.against).read_text()) if args.against else None
 
     from assistant.building.indexer import index_domain
     from assistant.config import Settings
     from assistant.domains import get_domain, list_domains
     from assistant.serving.adapter_manifest import check_query_encoder
-    from assistant.serving.models import embed_model_sha256, prepare_embedder
-    from indexing.embedder import Embedder
+    from assistant.serving.models import embed_model_sha256, open_embedder, prepare_embedder
     from indexing.store import open_store
 
     settings = Settings.load()
     names = [n for n in args.domains.split(",") if n] or list_domains(settings)
     embed_path = prepare_embedder(settings)
-    embedder = Embedder(embed_path)
+    embedder = open_embedder(settings)
     chosen = dict(item.split("=", 1) for item in args.query_encoder)
     store = open_store(settings)
     results = {}
@@ -149,25 +155,59 @@ def main(argv=None) -> None:
                 results[name]["tuned"]["encoder"] = {"path": str(encoder), "version": manifest.get("version")}
             if not args.no_baseline:
                 results[name]["llamaindex_default"] = baseline_scores(domain, embed_path, rows)
-            print(json.dumps({name: results[name]}), flush=True)
+            print(json.dumps({name: results[name]}, default=str)[:2000], flush=True)
     finally:
         store.close()
+    if reference is not None:
+        for name, r in results.items():
+            r["vs_reference"] = against(r, reference["results"].get(name))
 
     command = "python -m eval.retrieval_table " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     summary = json.loads(json.dumps(results, default=str))
-    for r in summary.values():
-        for scores in (*r["ours"].values(), *r.get("tuned", {}).values()):
-            scores.pop("per_question_recall@5", None)  # used for the paired tests; not kept in the report
-    out.with_suffix(".json").write_text(json.dumps({"command": command.strip(), "results": summary}, indent=2) + "\n")
-    out.with_suffix(".md").write_text(render(results, command.strip()))
-    print(render(results, command.strip()))
+    if not args.per_question:
+        for r in summary.values():
+            for scores in (*r["ours"].values(), *r.get("tuned", {}).values()):
+                scores.pop("per_question_recall@5", None)  # used for the paired tests; not kept in the report
+    meta = {"command": command.strip(), "embed_runtime": embedder.runtime,
+            "against": None if reference is None else {"file": args.against,
+                                                       "embed_runtime": reference.get("embed_runtime")}}
+    out.with_suffix(".json").write_text(json.dumps(meta | {"results": summary}, indent=2) + "\n")
+    out.with_suffix(".md").write_text(render(results, meta))
+    print(render(results, meta))
 
 
-def render(results: dict, command: str) -> str:
+def systems_of(r: dict) -> dict[str, dict]:
+    """Our systems in one domain's results: the base embedder's modes, then the tuned query encoder's."""
+    return {f"ours {m}": s for m, s in r["ours"].items()} | {
+        f"ours {m}, tuned query encoder": s for m, s in r.get("tuned", {}).items() if m in MODES}
+
+
+def against(r: dict, ref: dict | None) -> dict:
+    """Paired recall@5 test of each system against the same system in the reference run (same questions)."""
+    from .statistics import paired_comparison
+
+    if ref is None or ref.get("n") != r["n"]:
+        return {}
+    out = {}
+    for label, scores in systems_of(r).items():
+        theirs = systems_of(ref).get(label, {}).get("per_question_recall@5")
+        if theirs is not None:
+            out[label] = {"reference_recall@5": ref_mean(theirs),
+                          "test": paired_comparison(scores["per_question_recall@5"], theirs)}
+    return out
+
+
+def ref_mean(values: list[float]) -> float:
+    return round(sum(values) / len(values), 4)
+
+
+def render(results: dict, meta: dict) -> str:
+    command = meta["command"]
     lines = ["# Retrieval quality per vertical (test split, document level)", "",
-             f"Made by `{command}`. Embeddings: all-MiniLM-L6-v2. Ours: chunks of 128 tokens (overlap 16), "
+             f"Made by `{command}`. Embeddings: all-MiniLM-L6-v2 ({meta['embed_runtime']}). "
+             "Ours: chunks of 128 tokens (overlap 16), "
              "Qdrant embedded engine, RRF fusion (k=60) inside Qdrant. LlamaIndex default: SentenceSplitter "
              "1024/200, HuggingFaceEmbedding, QdrantVectorStore, dense top 10. Scoped sets (policyqa, hetPQA) "
              "filter on the policy/product for every system.", "",
@@ -182,6 +222,19 @@ def render(results: dict, command: str) -> str:
         for label, s in systems:
             lines.append(f"| {name} | {r['n']} | {label} | {s['recall@1']:.3f} | {s['recall@5']:.3f} | "
                          f"{s['recall@10']:.3f} | {s['mrr@10']:.3f} | {s['ndcg@10']:.3f} |")
+    compared = {name: r["vs_reference"] for name, r in results.items() if r.get("vs_reference")}
+    if compared:
+        ref = meta["against"]
+        lines += ["", f"Against `{ref['file']}` ({ref['embed_runtime']}): recall@5 of the same system on the same "
+                  f"questions, this run ({meta['embed_runtime']}) minus that one (paired permutation test).", "",
+                  "| domain | system | recall@5 reference | this run | difference [95% CI] | p |",
+                  "|---|---|---|---|---|---|"]
+        for name, systems in compared.items():
+            for label, c in systems.items():
+                t = c["test"]
+                lines.append(f"| {name} | {label} | {c['reference_recall@5']:.3f} | "
+                             f"{systems_of(results[name])[label]['recall@5']:.3f} | {t['diff']:+.3f} "
+                             f"[{t['ci95'][0]:+.3f}, {t['ci95'][1]:+.3f}] | {t['p_value']:.4f} |")
     tuned = {name: r["tuned"] for name, r in results.items() if "tuned" in r}
     if tuned:
         lines += ["", "Tuned query encoders (`assistant tune-retrieval`): recall@5 against the base embedder, same "

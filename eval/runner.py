@@ -71,6 +71,7 @@ def fingerprint(platform, domain) -> str:
              json.dumps(asdict(domain.retrieval), sort_keys=True),
              json.dumps(asdict(domain.generation), sort_keys=True),
              str(platform.settings.max_model_len), ANSWERING_VERSION,
+             f"batch_invariant={platform.settings.batch_invariant}", f"embedder={platform.embedder.runtime}",
              json.dumps(read_calibration(domain.root), sort_keys=True)]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 
@@ -214,6 +215,7 @@ def eval_domain(platform, domain_name: str, *, split: str = "test", limit: int |
         "n": len(rows), "n_split": len(domain.qa_rows(split, data)), "limit": limit, "sample_seed": seed,
         "model": str(platform.settings.base_model or "SmolLM2-135M-Instruct (default)"),
         "adapter": adapter.served_name if adapter else None,
+        "batch_invariant": platform.settings.batch_invariant, "embed_runtime": platform.embedder.runtime,
         "primary_metric": metric,
         "retrieval": retrieval_scores(platform, domain, rows) if retrieval else {},
         "answers": answers,

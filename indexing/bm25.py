@@ -46,13 +46,27 @@ def _stemmer():
     return _local.stemmer
 
 
+@lru_cache(maxsize=500_000)
+def _stem(word: str) -> str:
+    """One word's stem, cached: a corpus repeats its words, and stemming was a fifth of ingest once the
+    embedder ran on OpenVINO (bench/embedding.py). The stem is the thread's stemmer's; the cache is shared."""
+    return _stemmer().stemWord(word)
+
+
+def clear_caches() -> None:
+    """Forget cached stems and token ids (benchmarks start each system cold)."""
+    _stem.cache_clear()
+    token_id.cache_clear()
+
+
 def stems(text: str) -> list[str]:
     stop = stopwords()
     words = [w for w in _SPLIT.split(text.lower()) if w and w not in _PUNCT and w not in stop
              and len(w) <= TOKEN_MAX_LENGTH]
-    return [s for s in _stemmer().stemWords(words) if s]
+    return [s for s in map(_stem, words) if s]
 
 
+@lru_cache(maxsize=500_000)
 def token_id(stem: str) -> int:
     return abs(mmh3.hash(stem))
 

@@ -40,9 +40,8 @@ def engine(prepared, settings, random_adapters):
 
 
 @pytest.fixture(scope="session")
-def embedder(prepared):
-    from indexing.embedder import Embedder
-    return Embedder(prepared.embed_model)
+def embedder(prepared, settings):
+    return prepared.open_embedder(settings)
 
 
 @pytest.fixture(scope="session")

@@ -38,11 +38,10 @@ def load_evaluator(name: str = "default") -> Callable[..., list[dict]]:
 
 
 def open_store_and_embedder(settings: Settings, progress: Progress = _quiet):
-    from assistant.serving.models import prepare_embedder
-    from indexing.embedder import Embedder
+    from assistant.serving.models import open_embedder
     from indexing.store import open_store
 
-    return open_store(settings), Embedder(prepare_embedder(settings, progress=progress))
+    return open_store(settings), open_embedder(settings, progress=progress)
 
 
 def train_domain(domain: str | Domain, settings: Settings | None = None, config=None, *, out: str | Path | None = None,

@@ -70,7 +70,8 @@ def setup(as_json):
     settings = Settings.load()
     prepared = prepare(settings, progress=echo_err)
     info = {"data_dir": str(settings.data_dir), "base_model": str(prepared.base_model),
-            "base_model_sha256": prepared.base_model_sha256, "embed_model": str(prepared.embed_model)}
+            "base_model_sha256": prepared.base_model_sha256, "embed_model": str(prepared.embed_model),
+            "embed_openvino": str(prepared.embed_openvino) if prepared.embed_openvino else None}
     if as_json:
         click.echo(json.dumps(info, indent=2))
     else:
@@ -397,8 +398,11 @@ def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epoc
 @click.option("--seed", default=0, show_default=True, type=int, help="Sample seed.")
 @click.option("--data", "data_set", default=None, metavar="NAME",
               help="Which of the domain's data sets ([[data]] name; default: the first). Each has its own report.")
+@click.option("--batch-invariant/--no-batch-invariant", default=True, show_default=True,
+              help="Answer each question as it would be answered alone (the engine's batch-invariant mode, ~1.5x "
+                   "slower on the CPU); off: faster, but an answer may change with its batch neighbours.")
 def eval_command(domain, split, limit, json_out, conditions, adapter_path, report_dir, no_report, no_risk,
-                 batch_size, seed, data_set):
+                 batch_size, seed, data_set, batch_invariant):
     """Score DOMAIN (or all) as base / +RAG / +LoRA / +RAG+LoRA, with CIs, risk suites and a report (resumable)."""
     from pathlib import Path
 
@@ -411,7 +415,8 @@ def eval_command(domain, split, limit, json_out, conditions, adapter_path, repor
         raise click.BadParameter(f"unknown condition(s) {bad}; choose from {', '.join(CONDITIONS)}",
                                  param_hint="--conditions")
     command = "assistant eval " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else f"assistant eval {domain}"
-    results = load_evaluator()([domain], Settings.load(), split=split, limit=limit, conditions=chosen,
+    settings = Settings.load(batch_invariant=batch_invariant)
+    results = load_evaluator()([domain], settings, split=split, limit=limit, conditions=chosen,
                                adapter_path=adapter_path, report_dir=report_dir, write_reports=not no_report,
                                risk=not no_risk, batch_size=batch_size, seed=seed, command=command,
                                progress=echo_err, data=data_set)

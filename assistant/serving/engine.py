@@ -320,6 +320,12 @@ class Engine(LoopEngine):
 
         s = self.settings
         on_cpu = _cpu_platform()
+        # read by the engine core process: the plugin's tiled GEMMs on CPU, vLLM's own kernels on CUDA
+        flag = "ASSISTANT_BATCH_INVARIANT" if on_cpu else "VLLM_BATCH_INVARIANT"
+        os.environ[flag] = "1" if s.batch_invariant else "0"
+        # whole prompts only: a prompt split across steps would attend over its first part by another code path
+        invariant = dict(enable_chunked_prefill=False,
+                         max_num_batched_tokens=max(s.max_model_len, 4096)) if s.batch_invariant else {}
         if on_cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(s.kv_cache_gib))
         elif enable_lora:
@@ -343,7 +349,7 @@ class Engine(LoopEngine):
             **lora,
             **({} if on_cpu else {"gpu_memory_utilization": s.gpu_memory_utilization}),
         )
-        args = AsyncEngineArgs(**(kwargs | (extra or {})))
+        args = AsyncEngineArgs(**(kwargs | invariant | (extra or {})))
         with _spawn_without_rerunning_the_script():
             return AsyncLLM.from_engine_args(args)
 

@@ -48,6 +48,13 @@ class PreparedModels:
     base_model_sha256: str  # sha256 of the source weights (the GGUF, or model.safetensors of a local dir)
     embed_model: Path
     embed_model_sha256: str  # what a domain's query encoder must have been tuned on (its manifest says)
+    embed_openvino: Path | None = None  # the embedder exported for OpenVINO (Settings.embed_runtime), else None
+
+    def open_embedder(self, settings: Settings):
+        """The Embedder these models and settings describe (OpenVINO fast path when it was prepared)."""
+        from indexing.embedder import Embedder
+
+        return Embedder(self.embed_model, openvino_dir=self.embed_openvino, precision=settings.embed_precision)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -215,9 +222,50 @@ def embed_model_sha256(settings: Settings) -> str:
     return EMBED_FILES_SHA256["model.safetensors"]
 
 
+EMBED_RUNTIMES = ("openvino", "torch")
+
+
+def prepare_embed_runtime(settings: Settings, embed_dir: Path, progress=print) -> Path | None:
+    """The OpenVINO export of the embedder (made once, from the checked local weights), or None for torch."""
+    if settings.embed_runtime not in EMBED_RUNTIMES:
+        raise ModelError(f"embed_runtime must be one of {', '.join(EMBED_RUNTIMES)}, not {settings.embed_runtime!r}")
+    if settings.embed_runtime == "torch":
+        return None
+    import openvino
+
+    from indexing.openvino_encoder import IR_FILE, export
+
+    source = embed_model_sha256(settings)
+    out_dir = settings.models_dir / f"{embed_dir.name}-openvino-{source[:12]}"
+    marker = _read_marker(out_dir)
+    if marker and marker.get("source_sha256") == source and marker.get("openvino") == openvino.__version__ \
+            and (out_dir / IR_FILE).is_file():
+        return out_dir
+    progress(f"exporting {embed_dir.name} for OpenVINO -> {out_dir} (once)")
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".export-") as tmp:
+        tmp_dir = export(embed_dir, Path(tmp) / "ir")
+        (tmp_dir / MARKER).write_text(json.dumps({"source": str(embed_dir), "source_sha256": source,
+                                                  "openvino": openvino.__version__}, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp_dir.rename(out_dir)
+    return out_dir
+
+
 def prepare(settings: Settings | None = None, progress=print) -> PreparedModels:
     settings = settings or Settings.load()
     base, base_sha = prepare_base_model(settings, progress)
     embed = prepare_embedder(settings, progress)
     return PreparedModels(base_model=base, base_model_sha256=base_sha, embed_model=embed,
-                          embed_model_sha256=embed_model_sha256(settings))
+                          embed_model_sha256=embed_model_sha256(settings),
+                          embed_openvino=prepare_embed_runtime(settings, embed, progress))
+
+
+def open_embedder(settings: Settings, progress=print):
+    """Prepare the embedder alone (no base model) and open it as the settings say."""
+    from indexing.embedder import Embedder
+
+    embed = prepare_embedder(settings, progress)
+    return Embedder(embed, openvino_dir=prepare_embed_runtime(settings, embed, progress),
+                    precision=settings.embed_precision)

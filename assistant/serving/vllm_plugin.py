@@ -14,6 +14,14 @@ get exactly no LoRA contribution. Besides being correct, this is faster than the
 a full weight matrix copy per token (`weights[indices]`) before an einsum. CUDA uses the Triton punica
 wrapper, which never calls these ops, so on GPU the plugin is inert.
 
+Batch-invariant mode (ASSISTANT_BATCH_INVARIANT=1, Settings.batch_invariant; CPU): the CPU GEMM kernels (oneDNN
+and vLLM's packed AMX kernel) give a row different low bits depending on how many rows share the call, so a
+greedy answer could change with what else was in the batch (bench/batch_invariance.py). In this mode every
+linear layer and every LoRA matmul runs in fixed tiles of `TILE` rows (the last one zero-padded), which
+makes each row's result independent of its neighbours (tested per kernel and end to end); the engine also
+turns off chunked prefill (a prompt split across steps attends over its first part by another code path).
+Prefix caching stays on: cached rows are the rows a full prefill computes, and the bench saw no change with it.
+
 Registered through the `vllm.general_plugins` entry point in pyproject.toml, so it runs in every vLLM
 process (the engine core is a separate process). `ASSISTANT_LORA_FIX=0` disables it (tests use that
 to show the bug is real).
@@ -69,6 +77,55 @@ def _aligned(indices, rows: int):
     return torch.cat([indices, indices.new_full((rows - n,), -1)])
 
 
+TILE = 32  # rows per GEMM call in batch-invariant mode (every kernel tested was row-invariant at a fixed M)
+
+
+def batch_invariant() -> bool:
+    return os.environ.get("ASSISTANT_BATCH_INVARIANT", "0").lower() in ("1", "true", "yes", "on")
+
+
+def tiled(matmul):
+    """`matmul(x2d, *args)` computed in fixed tiles of TILE rows: each row's result no longer depends on the
+    rows beside it (the kernels pick their blocking, so their rounding, from the call's row count)."""
+    import torch
+
+    def run(x, *args):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        m = x2.shape[0]
+        if m == 0:
+            return matmul(x2, *args).reshape(*shape[:-1], -1)
+        padded = -(-m // TILE) * TILE
+        if padded != m:
+            x2 = torch.cat([x2, x2.new_zeros(padded - m, x2.shape[1])])
+        x2 = x2.contiguous()
+        out = torch.cat([matmul(x2[i:i + TILE], *args) for i in range(0, padded, TILE)])
+        return out[:m].reshape(*shape[:-1], out.shape[-1])
+
+    return run
+
+
+def _install_tiled_linears() -> None:
+    """Wrap the `cpu_linear` vLLM picks for every linear layer (and the lm_head) in `tiled`."""
+    from vllm.model_executor.layers import utils
+
+    if getattr(utils.dispatch_cpu_unquantized_gemm, _PATCHED_FLAG, False):
+        return
+    stock = utils.dispatch_cpu_unquantized_gemm
+
+    def dispatch(layer, remove_weight):
+        stock(layer, remove_weight)
+        if getattr(layer, "cpu_linear", None) is not None:
+            layer.cpu_linear = tiled(layer.cpu_linear)
+
+    setattr(dispatch, _PATCHED_FLAG, True)
+    utils.dispatch_cpu_unquantized_gemm = dispatch
+
+
+def _lora_matmul(x, w_t):
+    return x @ w_t
+
+
 def _weights(lora_weights, slot, dtype):
     w = lora_weights[slot]
     if w.dim() == 3:  # [1, out, in] per slot
@@ -79,20 +136,22 @@ def _weights(lora_weights, slot, dtype):
 def _grouped_ops(stock: dict):
     """Drop-in replacements for vllm.lora.ops.torch_ops.bgmv_{shrink,expand,expand_slice}."""
 
+    mm = tiled(_lora_matmul) if batch_invariant() else _lora_matmul
+
     def bgmv_shrink(inputs, lora_weights, output_tensor, lora_indices_tensor, scaling=1.0):
         rank = lora_weights.shape[-2]
         out = output_tensor[:, :rank]
         out.zero_()
         x = inputs.to(dtype=output_tensor.dtype)
         for slot, rows in _groups(_aligned(lora_indices_tensor, x.shape[0])):
-            out[rows] = scaling * (x[rows] @ _weights(lora_weights, slot, output_tensor.dtype).T)
+            out[rows] = scaling * mm(x[rows], _weights(lora_weights, slot, output_tensor.dtype).T)
 
     def _expand_into(inputs, lora_weights, target, lora_indices_tensor, add_inputs, width):
         x = inputs.to(dtype=target.dtype)
         if not add_inputs:
             target.zero_()
         for slot, rows in _groups(_aligned(lora_indices_tensor, x.shape[0])):
-            delta = x[rows] @ _weights(lora_weights, slot, target.dtype)[:width].T
+            delta = mm(x[rows], _weights(lora_weights, slot, target.dtype)[:width].T)
             if add_inputs:
                 target[rows] += delta
             else:
@@ -125,6 +184,11 @@ def register() -> None:
         from assistant.serving import segmented_lora
 
         segmented_lora.install()
+    if batch_invariant():
+        try:
+            _install_tiled_linears()
+        except ImportError:  # no CPU GEMM dispatch in this vLLM build: nothing to tile
+            pass
     if not enabled():
         logger.warning("assistant LoRA fix disabled (ASSISTANT_LORA_FIX=0): CPU mixed batches are wrong")
         return
