@@ -41,14 +41,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from assistant.config import Settings
-    from assistant.serving.models import open_embedder, prepare_embedder
+    from assistant.serving.models import open_embedder
     from indexing import bm25
     from indexing.chunking import chunk_document
     from indexing.documents import read_corpus_jsonl
 
-    docs = read_corpus_jsonl(MEDQUAD / "corpus.jsonl").documents[: args.docs]
-    texts = [c.embed_text for d in read_corpus_jsonl(MEDQUAD / "corpus.jsonl").documents[:1000]
-             for c in chunk_document(d, 128, 16)][: args.chunks]
+    corpus = read_corpus_jsonl(MEDQUAD / "corpus.jsonl").documents
+    docs = corpus[: args.docs]
+    texts = [c.embed_text for d in corpus[:1000] for c in chunk_document(d, 128, 16)][: args.chunks]
     embedders = {name: open_embedder(Settings.load(**over), progress=lambda *_: None)
                  for name, over in RUNTIMES.items()}
     runtime_names = {name: e.runtime for name, e in embedders.items()}
@@ -75,7 +75,7 @@ def main() -> None:
                          for name, r in rates.items()}
     print(json.dumps(result["encoder"], indent=2), flush=True)
 
-    embed_path = prepare_embedder(Settings.load())
+    embed_path = embedders["torch-fp32"].model_path
     rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-embedding-") as tmp:
         for i in range(args.repeats):

@@ -121,15 +121,15 @@ def main() -> None:
     args = parser.parse_args()
 
     from assistant.config import Settings
-    from assistant.serving.models import open_embedder, prepare_embedder
+    from assistant.serving.models import open_embedder
     from indexing import bm25
     from indexing.chunking import chunk_document
     from indexing.documents import read_corpus_jsonl
     from indexing.store import EdgeStore, QdrantStore
 
     settings = Settings.load()
-    embed_path = prepare_embedder(settings)
     embedder = open_embedder(settings)
+    embed_path = embedder.model_path
     all_docs = read_corpus_jsonl(MEDQUAD / "corpus.jsonl").documents
     docs = all_docs[: args.docs]
     work = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))

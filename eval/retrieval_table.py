@@ -129,13 +129,13 @@ def main(argv=None) -> None:
     from assistant.config import Settings
     from assistant.domains import get_domain, list_domains
     from assistant.serving.adapter_manifest import check_query_encoder
-    from assistant.serving.models import embed_model_sha256, open_embedder, prepare_embedder
+    from assistant.serving.models import embed_model_sha256, open_embedder
     from indexing.store import open_store
 
     settings = Settings.load()
     names = [n for n in args.domains.split(",") if n] or list_domains(settings)
-    embed_path = prepare_embedder(settings)
     embedder = open_embedder(settings)
+    embed_path = embedder.model_path
     chosen = dict(item.split("=", 1) for item in args.query_encoder)
     store = open_store(settings)
     results = {}
@@ -190,9 +190,9 @@ def against(r: dict, ref: dict | None) -> dict:
 
     if ref is None or ref.get("n") != r["n"]:
         return {}
-    out = {}
+    out, reference = {}, systems_of(ref)
     for label, scores in systems_of(r).items():
-        theirs = systems_of(ref).get(label, {}).get("per_question_recall@5")
+        theirs = reference.get(label, {}).get("per_question_recall@5")
         if theirs is not None:
             out[label] = {"reference_recall@5": ref_mean(theirs),
                           "test": paired_comparison(scores["per_question_recall@5"], theirs)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -70,5 +71,19 @@ def test_torch_runtime_and_bad_settings(prepared, tmp_path):
                                         prepared.embed_model) is None
     with pytest.raises(ModelError, match="embed_runtime must be one of openvino, torch"):
         models.prepare_embed_runtime(Settings.load(data_dir=tmp_path, embed_runtime="onnx"), prepared.embed_model)
+    with pytest.raises(ModelError, match="embed_precision must be one of auto, f32, bf16"):
+        models.prepare_embed_runtime(Settings.load(data_dir=tmp_path, embed_precision="int4"), prepared.embed_model)
     with pytest.raises(ValueError, match="embed_precision must be one of"):
         Embedder(prepared.embed_model, openvino_dir=prepared.embed_openvino, precision="int4")
+
+
+def test_a_model_the_openvino_path_cannot_reproduce_is_refused_clearly(prepared, tmp_path):
+    local = tmp_path / "cls-model"
+    shutil.copytree(prepared.embed_model, local)
+    pooling = local / "1_Pooling" / "config.json"
+    pooling.write_text(json.dumps({**json.loads(pooling.read_text()), "pooling_mode_mean_tokens": False,
+                                   "pooling_mode_cls_token": True}))
+    settings = Settings.load(data_dir=tmp_path / "data", embed_model=str(local))
+    with pytest.raises(ModelError, match="only mean-pooling models can use the OpenVINO runtime"):
+        models.prepare_embed_runtime(settings, local, progress=lambda *_: None)
+    assert not list((tmp_path / "data" / "models").glob("*openvino*"))  # nothing half-made is left

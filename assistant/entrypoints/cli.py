@@ -399,8 +399,9 @@ def new_domain(name, corpus, qa, synthetic, description, do_train, do_eval, epoc
 @click.option("--data", "data_set", default=None, metavar="NAME",
               help="Which of the domain's data sets ([[data]] name; default: the first). Each has its own report.")
 @click.option("--batch-invariant/--no-batch-invariant", default=True, show_default=True,
-              help="Answer each question as it would be answered alone (the engine's batch-invariant mode, ~1.5x "
-                   "slower on the CPU); off: faster, but an answer may change with its batch neighbours.")
+              help="Answer each question as it would be answered alone (the engine's batch-invariant mode: its "
+                   "batches took 1.65x the time here); off: faster, but an answer may change with its batch "
+                   "neighbours.")
 def eval_command(domain, split, limit, json_out, conditions, adapter_path, report_dir, no_report, no_risk,
                  batch_size, seed, data_set, batch_invariant):
     """Score DOMAIN (or all) as base / +RAG / +LoRA / +RAG+LoRA, with CIs, risk suites and a report (resumable)."""

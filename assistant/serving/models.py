@@ -52,9 +52,13 @@ class PreparedModels:
 
     def open_embedder(self, settings: Settings):
         """The Embedder these models and settings describe (OpenVINO fast path when it was prepared)."""
-        from indexing.embedder import Embedder
+        return _embedder(settings, self.embed_model, self.embed_openvino)
 
-        return Embedder(self.embed_model, openvino_dir=self.embed_openvino, precision=settings.embed_precision)
+
+def _embedder(settings: Settings, embed_dir: Path, openvino_dir: Path | None):
+    from indexing.embedder import Embedder
+
+    return Embedder(embed_dir, openvino_dir=openvino_dir, precision=settings.embed_precision)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -233,7 +237,10 @@ def prepare_embed_runtime(settings: Settings, embed_dir: Path, progress=print) -
         return None
     import openvino
 
-    from indexing.openvino_encoder import IR_FILE, export
+    from indexing.openvino_encoder import IR_FILE, PRECISIONS, export
+
+    if settings.embed_precision not in PRECISIONS:  # said at set-up, before any model is compiled
+        raise ModelError(f"embed_precision must be one of {', '.join(PRECISIONS)}, not {settings.embed_precision!r}")
 
     source = embed_model_sha256(settings)
     out_dir = settings.models_dir / f"{embed_dir.name}-openvino-{source[:12]}"
@@ -244,7 +251,10 @@ def prepare_embed_runtime(settings: Settings, embed_dir: Path, progress=print) -
     progress(f"exporting {embed_dir.name} for OpenVINO -> {out_dir} (once)")
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.models_dir, prefix=".export-") as tmp:
-        tmp_dir = export(embed_dir, Path(tmp) / "ir")
+        try:
+            tmp_dir = export(embed_dir, Path(tmp) / "ir")
+        except ValueError as exc:  # a model the OpenVINO path cannot reproduce (e.g. CLS pooling)
+            raise ModelError(f"embedding model: {exc}") from exc
         (tmp_dir / MARKER).write_text(json.dumps({"source": str(embed_dir), "source_sha256": source,
                                                   "openvino": openvino.__version__}, indent=2))
         if out_dir.exists():
@@ -264,8 +274,5 @@ def prepare(settings: Settings | None = None, progress=print) -> PreparedModels:
 
 def open_embedder(settings: Settings, progress=print):
     """Prepare the embedder alone (no base model) and open it as the settings say."""
-    from indexing.embedder import Embedder
-
     embed = prepare_embedder(settings, progress)
-    return Embedder(embed, openvino_dir=prepare_embed_runtime(settings, embed, progress),
-                    precision=settings.embed_precision)
+    return _embedder(settings, embed, prepare_embed_runtime(settings, embed, progress))
